@@ -1,0 +1,370 @@
+"""
+GPT-2, exactly as OpenAI trained it, with an image path bolted on in front.
+
+Text:   token ids -> wte + wpe -> blocks -> ln_f -> logits (tied to wte)      (GPT-2 itself)
+Images: image -> Conv2d patches -> + wpe -> the same blocks -> ln_f -> pool -> head (the paper)
+
+The image path is what the paper (Luo & Shen, TMLR 2026) trains: the author's code feeds patch tokens
+to HF GPT2Model through `inputs_embeds`, so GPT-2's learned position table wpe is added, attention
+stays causal, and the LAST token (the only one that sees every patch) feeds the classifier.
+Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps keys one to one.
+Run `python model.py gpt2 "Hello, I'm a language model,"` to check that the weights are really GPT-2.
+"""
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import urllib.error
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (bad flag, file, spec). The CLIs print it as one line."""
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024    # positions in wpe: tokens per sequence (patches per image) at most
+    vocab_size: int = 50257   # 0 = image-only model: no wte at all (no memory, no optimizer state)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0      # GPT-2 trained with 0.1 (embd, attn, resid); the paper's code keeps it
+    n_classes: int = 0        # > 0 adds the image path: patch embedding + classification head
+    img_size: int = 224       # images are img_size x img_size ...
+    patch_size: int = 16      # ... cut into (img_size // patch_size)**2 patch tokens
+    pool: str = 'last'        # 'last' token (paper's code, FPT; the only one that sees all patches) or 'mean'
+    causal: bool = True       # GPT-2's causal mask (paper's code); False = bidirectional attention
+
+
+# the four checkpoints OpenAI released; a single weights file is recognised by its width
+OFFICIAL = {
+    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),   # 124M
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M, the paper's backbone
+    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+HEADS_BY_WIDTH = {c['n_embd']: c['n_head'] for c in OFFICIAL.values()}
+WEIGHTS_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/model.safetensors'
+# OpenAI's GPT-2 uses Conv1D layers that store weights as [in, out]; nn.Linear wants [out, in]
+CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# keys in GPT-2 checkpoints that are not parameters: causal-mask buffers and the tied output layer
+IGNORED = re.compile(r'(^|\.)(attn\.bias|attn\.masked_bias)$|^lm_head\.weight$')
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v, heads contiguous in each
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout, self.causal = config.n_head, config.n_embd, config.dropout, config.causal
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # flash attention on CUDA under bf16/fp16 (no explicit mask, head size 64): never builds the T x T matrix
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new"); exact erf GELU shifts every logit
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=1e-5),
+        ))
+        if config.vocab_size:  # text: the output layer is wte itself (weight tying), see lm_logits
+            self.transformer.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.n_classes:  # images: a patch is a token; Conv2d with kernel = stride = patch is a per-patch Linear
+            if config.img_size % config.patch_size:
+                raise UserError(f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}")
+            if self.n_patches > config.block_size:
+                raise UserError(f"{self.n_patches} patches ({config.img_size}/{config.patch_size})^2 exceed GPT-2's "
+                                f"{config.block_size} positions: use a larger patch_size or smaller img_size")
+            if config.pool not in ('last', 'mean'):
+                raise UserError(f"pool '{config.pool}' is not one of: last, mean")
+            self.patch = nn.Conv2d(3, config.n_embd, config.patch_size, stride=config.patch_size)
+            self.head = nn.Linear(config.n_embd, config.n_classes)
+        # GPT-2's initialization; from_pretrained overwrites all but the image parts
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):  # residual projections scaled by depth, as in GPT-2
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @property
+    def n_patches(self):
+        return (self.config.img_size // self.config.patch_size) ** 2
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.Conv2d):  # the patch embedding, initialized as in MAE/timm (the paper's code)
+            torch.nn.init.xavier_uniform_(module.weight.view(module.weight.size(0), -1))
+        if getattr(module, 'bias', None) is not None and not isinstance(module, nn.LayerNorm):
+            torch.nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------- forward passes
+    def body(self, x):
+        """(B, T, C) token embeddings -> (B, T, C) hidden states: + wpe[0:T], the blocks, ln_f."""
+        T = x.size(1)
+        if T > self.config.block_size:
+            raise UserError(f"sequence of {T} tokens exceeds GPT-2's {self.config.block_size} positions")
+        x = self.transformer.drop(x + self.transformer.wpe.weight[:T])
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
+    def patch_tokens(self, images):
+        """(B, 3, H, W) normalized images -> (B, T, C) patch tokens in row-major order (top-left first)."""
+        x = self.patch(images)                # (B, C, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)   # (B, T=(H/p)*(W/p), C)
+
+    def features(self, images):
+        """(B, 3, H, W) -> (B, C) pooled image features (what the head sees; used for probes and t-SNE)."""
+        h = self.body(self.patch_tokens(images))
+        return h[:, -1] if self.config.pool == 'last' else h.mean(dim=1)
+
+    def forward(self, images):
+        """(B, 3, H, W) -> (B, n_classes) logits."""
+        return self.head(self.features(images))
+
+    def lm_logits(self, idx):
+        """(B, T) token ids -> (B, T, vocab) next-token logits; GPT-2 ties its output layer to wte."""
+        return F.linear(self.body(self.transformer.wte(idx)), self.transformer.wte.weight)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Sample max_new_tokens after the (B, T) prompt idx; top_k keeps only the k likeliest tokens."""
+        for _ in range(max_new_tokens):
+            logits = self.lm_logits(idx[:, -self.config.block_size:])[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+        return idx
+
+    # ---------------------------------------------------------------- partial bridge training
+    def freeze(self, spec):
+        """Freeze exactly the parts named by spec, unfreeze the rest, print what was frozen.
+
+        spec: comma-separated items. 'A-B' = blocks A..B-1 (half-open like range(A, B); '0-5' = the first
+        five blocks, the paper's partial bridge setting), 'N' = block N, 'wpe', 'ln_f', 'patch', 'head',
+        'all' (every block + wpe + ln_f: the whole language model), or 'none' alone.
+        """
+        n, names = self.config.n_layer, [m for m in ('wpe', 'ln_f', 'patch', 'head') if hasattr(self, m) or m in self.transformer]
+        help = (f"use block ranges A-B (blocks A..B-1, 0 <= A < B <= {n}) or single blocks N < {n}, "
+                f"and/or {', '.join(names + ['all'])}; or 'none' alone")
+        items = [s.strip() for s in str(spec).split(',')]
+        blocks, parts = set(), set()
+        for item in items:
+            m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)
+            if m and m.group(2) is None and int(m.group(1)) < n:
+                blocks.add(int(m.group(1)))
+            elif m and m.group(2) is not None and int(m.group(1)) < int(m.group(2)) <= n:
+                blocks.update(range(int(m.group(1)), int(m.group(2))))
+            elif item in names:
+                parts.add(item)
+            elif item == 'all':
+                blocks.update(range(n)); parts.update(('wpe', 'ln_f'))
+            elif not (item == 'none' and len(items) == 1):
+                raise UserError(f"bad --freeze item '{item}' in '{spec}': {help}")
+        for name, p in self.named_parameters():
+            part = name.split('.')[1] if name.startswith('transformer.') else name.split('.')[0]
+            p.requires_grad = not (part in parts or (part == 'h' and int(name.split('.')[2]) in blocks))
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        what = ([f"blocks {compact(sorted(blocks))} ({len(blocks)} of {n})"] if blocks else []) + sorted(parts)
+        print(f"freeze: {', '.join(what) or 'nothing'}; {frozen / 1e6:.2f}M of {total / 1e6:.2f}M parameters frozen, "
+              f"{(total - frozen) / 1e6:.2f}M trainable")
+
+    # ---------------------------------------------------------------- loading OpenAI's weights
+    @classmethod
+    def from_pretrained(cls, source, **overrides):
+        """GPT-2 with OpenAI's weights. source: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' (downloaded once),
+        a directory in HF layout (config.json + model.safetensors or pytorch_model.bin), or a single
+        .safetensors/.bin file of an official width (architecture inferred from the shapes).
+        overrides: GPTConfig fields that are not in the checkpoint (n_classes, img_size, ..., vocab_size=0)."""
+        assert set(overrides) <= {'vocab_size', 'dropout', 'n_classes', 'img_size', 'patch_size', 'pool', 'causal'}
+        hf = {}  # config.json, when there is one
+        if source in OFFICIAL:
+            path = download(source)
+        elif os.path.isdir(source):
+            files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(source, f))]
+            if not files or not os.path.exists(os.path.join(source, 'config.json')):
+                raise UserError(f"{source} is not a GPT-2 checkpoint directory: expected config.json and "
+                                f"model.safetensors or pytorch_model.bin in it")
+            with open(os.path.join(source, 'config.json')) as f:
+                hf = json.load(f)
+            if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
+                raise UserError(f"{source}: activation {hf['activation_function']} is not GPT-2's tanh GELU")
+            path = os.path.join(source, files[0])
+        elif os.path.isfile(source):
+            path = source
+        else:
+            raise UserError(f"no weights '{source}': use one of {', '.join(OFFICIAL)}, a checkpoint directory, or a "
+                            f".safetensors/.bin file")
+        sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items() if not IGNORED.search(k)}
+        for key in ('wte.weight', 'wpe.weight'):
+            if key not in sd:
+                raise UserError(f"{path} is not a GPT-2 checkpoint: missing key {key}")
+        n_embd = sd['wpe.weight'].shape[1]
+        if not hf and n_embd not in HEADS_BY_WIDTH:
+            raise UserError(f"{path}: width {n_embd} is not an official GPT-2 size ({sorted(HEADS_BY_WIDTH)}); "
+                            f"pass a directory with config.json for other sizes")
+        arch = dict(block_size=hf.get('n_positions', sd['wpe.weight'].shape[0]), vocab_size=hf.get('vocab_size', sd['wte.weight'].shape[0]),
+                    n_layer=hf.get('n_layer', 1 + max([int(k.split('.')[1]) for k in sd if k.startswith('h.')], default=-1)),
+                    n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)), n_embd=hf.get('n_embd', n_embd))
+        config = GPTConfig(**{**arch, **overrides})
+        if config.n_embd % config.n_head:
+            raise UserError(f"{source}: n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+        model = cls(config)
+        ours = {k.removeprefix('transformer.'): v for k, v in model.state_dict().items() if k.startswith('transformer.')}
+        skipped = {'wte.weight'} - ours.keys()  # image-only model: the token embedding is not kept
+        missing, unexpected = sorted(ours.keys() - sd.keys()), sorted(sd.keys() - ours.keys() - skipped)
+        if missing or unexpected:
+            raise UserError(f"{path} does not fit GPT-2 {config.n_layer}x{config.n_embd}: "
+                            + '; '.join(f"{what} key{'s' * (len(keys) > 1)} {', '.join(keys[:3])}" + ('...' * (len(keys) > 3))
+                                        for what, keys in (('missing', missing), ('unexpected', unexpected)) if keys))
+        with torch.no_grad():
+            for k, dst in ours.items():
+                w = sd[k].t() if k.endswith(CONV1D) else sd[k]
+                if w.shape != dst.shape:
+                    raise UserError(f"{path}: shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, "
+                                    f"GPT-2 {config.n_layer}x{config.n_embd} needs {tuple(dst.shape)}"
+                                    + (' (transposed Conv1D)' if k.endswith(CONV1D) else ''))
+                dst.copy_(w)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads from {path}: "
+              f"{len(ours)} tensors{' (wte skipped: image model)' if skipped else ''}; {n_params / 1e6:.2f}M parameters")
+        return model
+
+    # ---------------------------------------------------------------- optimizer and speed accounting
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW over the trainable parameters only; decay on matrices and embeddings, not on biases/LayerNorm."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        print(f"AdamW: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} parameters), "
+              f"{len(no_decay)} without decay ({sum(p.numel() for p in no_decay):,}); fused={fused}")
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+
+    def flops_per_image(self):
+        """Training FLOPs per image, PaLM appendix B convention: 6N per token + attention 12*L*T*C per token."""
+        N = sum(p.numel() for n, p in self.named_parameters() if 'wpe' not in n and 'wte' not in n)
+        T, L, C = self.n_patches, self.config.n_layer, self.config.n_embd
+        return (6 * N + 12 * L * T * C) * T
+
+
+def compact(ints):
+    """[0, 1, 2, 3, 4, 7] -> '0-4,7' (inclusive ranges, for messages)."""
+    runs = []
+    for i in ints:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ','.join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def download(name):
+    """Download OpenAI's weights for an official size once into torch.hub's cache; returns the local path."""
+    path = os.path.join(torch.hub.get_dir(), 'gpt2', f'{name}.safetensors')
+    if not os.path.exists(path):
+        url = WEIGHTS_URL.format(name=name)
+        print(f"downloading {name} weights from {url} to {path}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, progress=True)  # writes a temp file, then renames
+        except (urllib.error.URLError, OSError) as e:
+            raise UserError(f"could not download {name} from {url} ({e}); offline? download model.safetensors "
+                            f"elsewhere and pass its path instead of '{name}', or put it at {path}") from None
+    return path
+
+
+def read_weights(path):
+    """A .safetensors or .bin/.pt state dict file -> {name: tensor} on the CPU."""
+    try:
+        if path.endswith('.safetensors'):
+            import safetensors.torch
+            return safetensors.torch.load_file(path)
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated, corrupted, or not a weights file at all: name the file, not a traceback
+        raise UserError(f"cannot read weights from {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+def byte_encoding():
+    """A 256-token byte-level tiktoken encoding: for models whose vocabulary is not GPT-2's BPE."""
+    import tiktoken
+    return tiktoken.Encoding(name='bytes', pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                             special_tokens={})
+
+
+if __name__ == '__main__':
+    # sanity check that the weights are GPT-2: python model.py gpt2|PATH ["prompt"]
+    max_new_tokens, temperature, top_k, num_samples = 40, 0.8, 200, 2
+    if len(sys.argv) not in (2, 3) or sys.argv[1].startswith('-'):
+        sys.exit("usage: python model.py gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH [\"prompt\"]")
+    try:
+        model = GPT.from_pretrained(sys.argv[1]).eval()
+        if model.config.vocab_size == 50257:
+            import tiktoken
+            try:
+                enc = tiktoken.get_encoding('gpt2')
+            except Exception as e:
+                raise UserError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}); it downloads once: "
+                                f"run online, or set TIKTOKEN_CACHE_DIR to a cache that has it") from None
+        else:
+            print(f"vocabulary of {model.config.vocab_size} is not GPT-2's BPE: using byte-level tokens")
+            enc = byte_encoding()
+        prompt = sys.argv[2] if len(sys.argv) == 3 else "Hello, I'm a language model,"
+        torch.manual_seed(1337)
+        idx = torch.tensor([enc.encode(prompt)] * num_samples)
+        for row in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k).tolist():
+            print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
+    except UserError as e:
+        sys.exit(f"error: {e}")
