@@ -256,3 +256,332 @@ def test_model_cli_samples_from_a_local_dir(hf_dir):
     assert 'byte-level tokens' in r.stdout and r.stdout.count('---\nHello') == 2
     r = subprocess.run([sys.executable, 'model.py', '/no/such/dir'], cwd=HERE, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("error: no weights '/no/such/dir'") and 'Traceback' not in r.stderr
+
+
+# ---------------------------------------------------------------- data.py
+import bridge  # noqa: E402
+import data  # noqa: E402
+
+
+def make_folder(root, n_classes=4, n_train=32, n_val=16, size=16, seed=0, noise=40):
+    """An ImageNet-style tree of PNGs: class k is a colour (k-th row of a fixed palette) plus pixel noise."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200], [200, 40, 200]])
+    for split, n in (('train', n_train), ('val', n_val)):
+        for k in range(n_classes):
+            os.makedirs(os.path.join(root, split, f'class{k}'), exist_ok=True)
+            for i in range(n):
+                img = np.clip(palette[k] + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(os.path.join(root, split, f'class{k}', f'{i}.png'))
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp('img') / 'colors')
+
+
+def test_random_labels_are_seeded_fixed_and_uniform():
+    true = torch.arange(10).repeat(1000)  # 10,000 examples, 10 classes
+    a = data.random_labels(true, 10, 1.0, seed=0)
+    assert torch.equal(a, data.random_labels(true, 10, 1.0, seed=0))        # same seed, same labels
+    assert not torch.equal(a, data.random_labels(true, 10, 1.0, seed=1))
+    counts = torch.bincount(a, minlength=10).float()
+    assert counts.min() > 900 and counts.max() < 1100                       # uniform over all classes ...
+    assert 0.08 < (a == true).float().mean() < 0.12                          # ... independent of the truth (~1/10 agree)
+    joint = torch.bincount(true * 10 + a, minlength=100).view(10, 10).float()
+    assert joint.min() > 60 and joint.max() < 145                            # every (true, random) pair ~100 times
+    for fraction in (0.0, 0.15, 0.3):
+        b = data.random_labels(true, 10, fraction, seed=0)
+        changed = b != true
+        assert abs(changed.float().mean() - fraction * 0.9) < 0.02           # a fraction f is redrawn, 1/10 by chance the same
+    assert torch.equal(data.random_labels(true, 10, 0.0, seed=0), true)
+    assert torch.equal(true, torch.arange(10).repeat(1000))                  # the input is not modified
+
+
+def test_random_labels_wrong_mode_is_the_authors_always_wrong():
+    true = torch.arange(10).repeat(500)
+    w = data.random_labels(true, 10, 1.0, seed=0, wrong=True)
+    assert (w != true).all()
+    counts = torch.bincount(true * 10 + w, minlength=100).view(10, 10)
+    assert counts.diagonal().eq(0).all() and (counts + torch.eye(10, dtype=torch.long) * 100).min() > 25
+    with pytest.raises(UserError, match=r'fraction 1.5 is not in \[0, 1\]'):
+        data.random_labels(true, 10, 1.5, seed=0)
+
+
+def test_folder_in_memory_and_streamed_give_the_same_batches(folder):
+    a = data.load_dataset('folder', folder, 16, 'cpu', memory_gb=1.0, num_workers=0)
+    b = data.load_dataset('folder', folder, 16, 'cpu', memory_gb=0.0, num_workers=0)
+    assert isinstance(a['train'][0], torch.Tensor) and not isinstance(b['train'][0], torch.Tensor)
+    assert a['train'][0].shape == (128, 3, 16, 16) and a['train'][0].dtype == torch.uint8
+    assert a['classes'] == ['class0', 'class1', 'class2', 'class3'] and torch.equal(a['test'][1], b['test'][1])
+    for (xa, ya), (xb, yb) in zip(data.train_batches(*a['train'], 24, start=3, seed=5), data.train_batches(*b['train'], 24, start=3, seed=5)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        break
+    # the red class is red: images really come with their labels
+    x, y = a['train'][0].float(), a['train'][1]
+    assert (x[y == 0, 0].mean() > 150) and (x[y == 0, 1].mean() < 90)
+
+
+def test_train_batches_are_epochs_sharded_and_resumable():
+    images, labels = torch.arange(50).view(50, 1, 1, 1).expand(50, 3, 2, 2).to(torch.uint8), torch.arange(50)
+    it = data.train_batches(images, labels, 8, seed=0)
+    epoch0 = torch.cat([next(it)[1] for _ in range(6)])                      # 6 batches of 8 = 48 of 50
+    assert len(set(epoch0.tolist())) == 48
+    epoch1 = torch.cat([next(it)[1] for _ in range(6)])
+    assert not torch.equal(epoch0, epoch1)                                   # a fresh permutation each epoch
+    later = data.train_batches(images, labels, 8, start=7, seed=0)           # resume at micro-batch 7
+    assert torch.equal(next(later)[1], epoch1[8:16])
+    x, y = next(data.train_batches(images, labels, 8, seed=0))
+    assert torch.equal(x[:, 0, 0, 0].long(), y)                              # images and labels stay paired
+    r0 = torch.cat([next(data.train_batches(images, labels, 8, seed=0, rank=0, world=2))[1] for _ in range(1)])
+    shard0 = set(torch.cat([b[1] for b, _ in zip(data.train_batches(images, labels, 8, seed=0, rank=0, world=2), range(3))]).tolist())
+    shard1 = set(torch.cat([b[1] for b, _ in zip(data.train_batches(images, labels, 8, seed=0, rank=1, world=2), range(3))]).tolist())
+    assert len(shard0) == len(shard1) == 24 and not shard0 & shard1 and set(r0.tolist()) <= shard0
+    evaluated = torch.cat([b[1] for r in range(3) for b in data.eval_batches(images, labels, 7, rank=r, world=3)])
+    assert sorted(evaluated.tolist()) == list(range(50))                     # eval covers every example once
+
+
+def test_augment_crop_is_a_pixel_shift_or_its_mirror():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8)
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1) / 255  # normalization that undoes /255
+    out = data.augment(x, 'crop', 12, zero, one)
+    padded = torch.nn.functional.pad(x.float(), (4, 4, 4, 4))
+    found = set()
+    for b in range(16):
+        views = {(dy, dx, f): (padded[b, :, 4 + dy:16 + dy, 4 + dx:16 + dx].flip(-1) if f else padded[b, :, 4 + dy:16 + dy, 4 + dx:16 + dx])
+                 for dy in range(-4, 5) for dx in range(-4, 5) for f in (0, 1)}
+        match = [k for k, v in views.items() if (v - out[b]).abs().max() < 1e-3]
+        assert match, f'image {b} is not a shifted (mirrored) copy'
+        found.add(match[0][2])
+    assert found == {0, 1}                                                   # both flipped and unflipped occur
+    torch.testing.assert_close(data.augment(x, 'none', 12, zero, one), x.float(), atol=1e-3, rtol=0)
+
+
+def test_augment_rrc_crops_scales_and_flips():
+    # a horizontal ramp 0..255: a crop of area fraction >= 0.2 spans a sub-range, a flip reverses the slope
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(64, 3, 32, 32).contiguous()
+    torch.manual_seed(0)
+    out = data.augment(ramp, 'rrc', 24, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1) / 255)
+    assert out.shape == (64, 3, 24, 24)
+    slope = out[:, 0, 12, -3] - out[:, 0, 12, 2]
+    assert (slope > 0).sum() > 15 and (slope < 0).sum() > 15                # about half mirrored
+    width = slope.abs() / 255 * 24 / 19                                      # the fraction of the side each crop spans
+    assert width.min() > 0.15 and width.max() <= 1.05 and width.std() > 0.1  # varied crops, never beyond the image
+    with pytest.raises(UserError, match="unknown aug 'flip'"):
+        data.augment(ramp, 'flip', 24, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1))
+
+
+def test_cifar_loading_and_offline_message(tmp_path, monkeypatch):
+    class FakeCIFAR:  # torchvision's interface: .data (N, 32, 32, 3) uint8, .targets, .classes
+        url, filename, base_folder = 'https://example/cifar.tar.gz', 'cifar.tar.gz', 'cifar-batches'
+
+        def __init__(self, root, train, download):
+            n = 20 if train else 10
+            self.data = (torch.arange(n).view(n, 1, 1, 1) * torch.ones(n, 32, 32, 3)).to(torch.uint8).numpy()
+            self.targets, self.classes = [i % 10 for i in range(n)], [str(i) for i in range(10)]
+    monkeypatch.setitem(data.CIFAR, 'cifar10', FakeCIFAR)
+    d = data.load_dataset('cifar10', str(tmp_path), 224, 'cpu')
+    assert d['train'][0].shape == (20, 3, 32, 32) and d['train'][0][7].eq(7).all() and d['test'][1].tolist() == list(range(10))
+    torch.testing.assert_close(d['mean'].flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
+    # the real class, offline: a refused connection stands for no network
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets.CIFAR100, 'url', 'http://127.0.0.1:9/cifar-100-python.tar.gz')
+    with pytest.raises(UserError, match=r'cannot get cifar100 into .*offline\? put cifar-100-python.tar.gz \(from http'):
+        data.load_dataset('cifar100', str(tmp_path / 'c100'), 224, 'cpu')
+
+
+def test_folder_errors_show_the_layout(tmp_path, folder):
+    with pytest.raises(UserError, match=r'no image folder at .*/nowhere/train .*expected DATA_DIR/train/<class>/<image>'):
+        data.load_dataset('folder', str(tmp_path / 'nowhere'), 16, 'cpu', num_workers=0)
+    import shutil
+    shutil.copytree(folder, tmp_path / 'f')
+    shutil.rmtree(tmp_path / 'f' / 'val' / 'class3')
+    with pytest.raises(UserError, match=r'train and val hold different class folders'):
+        data.load_dataset('folder', str(tmp_path / 'f'), 16, 'cpu', num_workers=0)
+
+
+# ---------------------------------------------------------------- bridge.py
+TINY = ['--init_from', 'scratch', '--n_layer', '2', '--n_head', '2', '--n_embd', '64', '--img_size', '16',
+        '--patch_size', '4', '--device', 'cpu', '--compile', 'False', '--num_workers', '0', '--log_interval', '5']
+
+
+def run(folder, out, *args):
+    """bridge.py in this process; returns the final metrics."""
+    return bridge.main(['--dataset', 'folder', '--data_dir', folder, '--out_dir', str(out), *TINY, *args])
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+
+
+def test_flags_both_forms_types_and_errors():
+    cfg, given = bridge.parse_flags(bridge.FLAGS, ['--lr', '3e-4', '--batch_size=8', '--compile=false', '--wandb',
+                                                   '--freeze', '0-5', '--warmup_epochs', '2'], bridge.CHOICES)
+    assert (cfg['lr'], cfg['batch_size'], cfg['compile'], cfg['wandb'], cfg['freeze'], cfg['warmup_epochs']) == (3e-4, 8, False, True, '0-5', 2.0)
+    assert given == {'lr', 'batch_size', 'compile', 'wandb', 'freeze', 'warmup_epochs'} and cfg['epochs'] == 400
+    for argv, message in [(['--lerning_rate', '1'], r"unknown flag '--lerning_rate'"), (['--batchsize=4'], r'did you mean --batch_size'),
+                          (['--batch_size', 'big'], r"--batch_size 'big': expected an integer"),
+                          (['--compile', 'maybe'], r"--compile 'maybe': expected True or False"),
+                          (['--stage', 'bridg'], r"--stage 'bridg' is not one of bridge, finetune, eval; did you mean bridge"),
+                          (['--lr'], r'--lr needs a value'), (['lr=3'], r"unknown flag 'lr=3'")]:
+        with pytest.raises(UserError, match=message):
+            bridge.parse_flags(bridge.FLAGS, argv, bridge.CHOICES)
+
+
+def test_learns_real_labels_but_only_memorizes_random_ones(folder, tmp_path):
+    real = run(folder, tmp_path / 'real', '--stage', 'finetune', '--max_iters', '40', '--batch_size', '32', '--lr', '2e-3',
+               '--warmup_epochs', '1', '--aug', 'crop')
+    assert real['test_acc'] >= 0.95 and real['train_acc'] > 0.8
+    rand = run(folder, tmp_path / 'rand', '--stage', 'bridge', '--max_iters', '240', '--batch_size', '32', '--lr', '2e-3',
+               '--warmup_epochs', '1', '--aug', 'none', '--dropout', '0', '--label_smoothing', '0', '--eval_interval', '40')
+    m = metrics(tmp_path / 'rand')
+    assert m[0]['train_acc'] < 0.45 and rand['train_acc'] > 0.7      # memorizes the random labels ...
+    assert all(r['test_acc'] <= 0.45 for r in m)                      # ... learning nothing about the true ones
+    ckpt = torch.load(tmp_path / 'rand' / 'ckpt.pt', weights_only=True)
+    assert torch.equal(ckpt['train_labels'], data.random_labels(ckpt['train_labels'].new_tensor([0] * 32 + [1] * 32 + [2] * 32 + [3] * 32), 4, 1.0, 0))
+    assert set(m[-1]) >= {'iter', 'epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'lr', 'elapsed_s'}
+    assert json.load(open(tmp_path / 'rand' / 'config.json'))['random_label_fraction'] == -1.0
+
+
+def test_bridge_then_finetune_hand_off(folder, tmp_path, capsys):
+    run(folder, tmp_path / 'b', '--stage', 'bridge', '--max_iters', '6', '--batch_size', '16', '--patch_size', '8')
+    b = torch.load(tmp_path / 'b' / 'ckpt.pt', weights_only=True)['model']
+    three = make_folder(tmp_path / 'three', n_classes=3, n_train=8, n_val=4)
+    capsys.readouterr()
+    # stage 2 on another dataset: patch size and image size come from the checkpoint, the head is new
+    bridge.main(['--stage', 'finetune', '--init_from', str(tmp_path / 'b' / 'ckpt.pt'), '--dataset', 'folder', '--data_dir', three,
+                 '--out_dir', str(tmp_path / 'f'), '--freeze', '0-1,wpe', '--max_iters', '2', '--batch_size', '8',
+                 '--device', 'cpu', '--compile', 'False', '--num_workers', '0'])
+    assert 'new 3-class head' in capsys.readouterr().out
+    f = torch.load(tmp_path / 'f' / 'ckpt.pt', weights_only=True)
+    assert f['model_config']['patch_size'] == 8 and f['config']['img_size'] == 16 and f['model']['head.weight'].shape == (3, 64)
+    for k, v in f['model'].items():
+        if k.startswith(('transformer.h.0.', 'transformer.wpe')):
+            assert torch.equal(v, b[k]), k                                 # frozen: still the bridge weights
+        elif k.startswith('transformer.h.1.mlp.c_fc'):
+            assert not torch.equal(v, b[k]), k                             # trained further
+    assert f['train_labels'].tolist() == [0] * 8 + [1] * 8 + [2] * 8      # finetune: the true labels
+    e = bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'f' / 'ckpt.pt'), '--dataset', 'folder', '--data_dir', three,
+                     '--device', 'cpu', '--num_workers', '0'])
+    assert abs(e['test_acc'] - f['metrics']['test_acc']) < 1e-6
+
+
+def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp_path):
+    hf = hf_gpt2(n_layer=3, n_head=2, n_embd=32, n_positions=32, vocab_size=50)
+    hf.save_pretrained(tmp_path / 'hf')
+    bridge.main(['--init_from', str(tmp_path / 'hf'), '--freeze', '0-2,wpe', '--dataset', 'folder', '--data_dir', folder,
+                 '--out_dir', str(tmp_path / 'o'), '--img_size', '16', '--patch_size', '4', '--max_iters', '4', '--batch_size', '16',
+                 '--device', 'cpu', '--compile', 'False', '--num_workers', '0', '--lr', '1e-2'])
+    sd = torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['model']
+    ref = hf.state_dict()
+    assert 'transformer.wte.weight' not in sd
+    for k, v in sd.items():
+        if k.startswith(('transformer.h.0.', 'transformer.h.1.', 'transformer.wpe')):
+            w = ref[k].t() if k.endswith(model.CONV1D) else ref[k]
+            assert torch.equal(v, w), k
+        elif k.startswith('transformer.h.2.') and k.endswith('weight') and 'ln' not in k:
+            w = ref[k].t() if k.endswith(model.CONV1D) else ref[k]
+            assert not torch.equal(v, w), k
+
+
+def test_resume_after_a_signal_is_bit_identical(folder, tmp_path, monkeypatch):
+    args = ['--stage', 'bridge', '--max_iters', '24', '--batch_size', '16', '--eval_interval', '10', '--aug', 'rrc',
+            '--lr', '3e-3', '--warmup_epochs', '0.5', '--seed', '3']
+    full = run(folder, tmp_path / 'full', *args)
+    real_get_lr = bridge.get_lr
+
+    def interrupt_at_12(it, *a):  # a Ctrl-C during step 12: the run stops at step 15, its next log line
+        if it == 12:
+            import signal
+            signal.raise_signal(signal.SIGINT)
+        return real_get_lr(it, *a)
+    monkeypatch.setattr(bridge, 'get_lr', interrupt_at_12)
+    cut = run(folder, tmp_path / 'cut', *args)
+    assert cut['iter'] == 15
+    monkeypatch.setattr(bridge, 'get_lr', real_get_lr)
+    with pytest.raises(UserError, match=r'cannot change --lr'):
+        bridge.main(['--init_from', 'resume', '--out_dir', str(tmp_path / 'cut'), '--lr', '1'])
+    resumed = bridge.main(['--init_from', 'resume', '--out_dir', str(tmp_path / 'cut'), '--device', 'cpu'])
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('full', 'cut'))
+    assert a['iter'] == b['iter'] == 24
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    assert torch.equal(a['optimizer']['state'][0]['exp_avg_sq'], b['optimizer']['state'][0]['exp_avg_sq'])
+    assert resumed['test_loss'] == full['test_loss'] and resumed['train_loss'] == pytest.approx(full['train_loss'], rel=1e-6)
+    assert [m['iter'] for m in metrics(tmp_path / 'cut')] == [10, 15, 20, 24]
+    assert json.load(open(tmp_path / 'cut' / 'config.json'))['init_from'] == 'scratch'
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path):
+    run(folder, tmp_path / 'n', '--max_iters', '5', '--batch_size', '16')
+    good = torch.load(tmp_path / 'n' / 'ckpt.pt', weights_only=True)['model']
+    with pytest.raises(UserError, match=r'loss is nan at step 5: stopped; .*ckpt.pt keeps the last good checkpoint'):
+        run(folder, tmp_path / 'n', '--max_iters', '10', '--batch_size', '16', '--lr', '1e30', '--warmup_epochs', '0')
+    after = torch.load(tmp_path / 'n' / 'ckpt.pt', weights_only=True)['model']
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def ddp_worker(rank, folder, out, port, queue):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    queue.put((rank, run(folder, out, '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3')))
+
+
+def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=ddp_worker, args=(r, folder, str(tmp_path / 'ddp'), port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results[0] == {**results[1], 'elapsed_s': results[0]['elapsed_s']} and results[0]['iter'] == 6
+    assert [m['iter'] for m in metrics(tmp_path / 'ddp')] == [3, 6]  # written once, by rank 0
+    assert json.load(open(tmp_path / 'ddp' / 'config.json'))['batch_size'] == 8
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--freeze', '0-9'], r"bad --freeze item '0-9'.*0 <= A < B <= 2"),
+    (['--data_dir', '/no/data'], r'no image folder at /no/data/train'),
+    (['--init_from', '/no/weights', '--n_layer', '0', '--n_head', '0', '--n_embd', '0'], r"no weights '/no/weights'"),
+    (['--init_from', 'gpt2', '--n_layer', '2'], r'--n_layer/--n_head/--n_embd shape a scratch model'),
+    (['--stage', 'eval'], r'--stage eval needs --init_from a ckpt.pt'),
+    (['--init_from', 'resume', '--out_dir', '/no/run'], r'no checkpoint at /no/run/ckpt.pt'),
+    (['--img_size', '18'], r'img_size 18 is not a multiple of patch_size 4'),
+    (['--batch_size', '1000'], r'batch_size 1000 x 1 processes exceeds the 128 training images'),
+    (['--freeze', 'all,patch,head'], r'--freeze all,patch,head leaves nothing to train'),
+    (['--random_label_fraction', '2'], r'fraction 2.0 is not in \[0, 1\]'),
+])
+def test_user_errors(folder, tmp_path, args, message):
+    argv = ['--dataset', 'folder', '--data_dir', folder, '--out_dir', str(tmp_path), '--max_iters', '1', *TINY]
+    argv += args  # later flags win
+    with pytest.raises(UserError, match=message):
+        bridge.main(argv)
+
+
+def test_not_a_checkpoint_and_a_checkpoint_that_does_not_fit(folder, tmp_path):
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint at all')
+    with pytest.raises(UserError, match=r'cannot read checkpoint .*junk.pt'):
+        bridge.main(['--stage', 'finetune', '--init_from', str(tmp_path / 'junk.pt'), '--device', 'cpu'])
+    run(folder, tmp_path / 'r', '--max_iters', '1', '--batch_size', '16')
+    three = make_folder(tmp_path / 'three', n_classes=3, n_train=4, n_val=2)
+    with pytest.raises(UserError, match=r'ckpt.pt classifies 4 classes, folder has 3'):
+        bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'r' / 'ckpt.pt'), '--dataset', 'folder', '--data_dir', three,
+                     '--device', 'cpu', '--num_workers', '0'])
+
+
+def test_cli_errors_are_one_line_without_traceback(folder):
+    for argv in (['--batchsize', '3'], ['--dataset', 'folder', '--data_dir', '/no/data', '--device', 'cpu']):
+        r = subprocess.run([sys.executable, 'bridge.py', *argv], cwd=HERE, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr
+        assert r.stderr.startswith('error: ') and r.stderr.count('\n') == 1, r.stderr
