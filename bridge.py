@@ -295,10 +295,8 @@ def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
         scaler.load_state_dict(ckpt['scaler'])
         it, elapsed = ckpt['iter'], ckpt['elapsed_s']
         print(f"resuming {c.out_dir} at step {it}")
-    if c.compile:
-        net = torch.compile(net)
-    if ddp:
-        net = DDP(net, device_ids=[device.index] if device.type == 'cuda' else None)
+    compiled = torch.compile(raw) if c.compile else raw  # evaluation uses it too (one more graph, eval mode)
+    net = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None) if ddp else compiled
     if rank == 0:
         os.makedirs(c.out_dir, exist_ok=True)
         with open(os.path.join(c.out_dir, 'config.json'), 'w') as f:
@@ -375,7 +373,7 @@ def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
                         dist.all_reduce(window[1])
                     (loss_sum, correct, n), window[1] = window[1].tolist(), 0
                     metrics['train_loss'], metrics['train_acc'] = loss_sum / n, correct / n
-                    metrics['test_loss'], metrics['test_acc'] = evaluate(raw, d, c, ctx, rank, world)
+                    metrics['test_loss'], metrics['test_acc'] = evaluate(compiled, d, c, ctx, rank, world)
                     metrics['elapsed_s'] = round(time.time() - t0, 2)
                     print(f"eval step {it}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.1%} "
                           f"(on the labels trained on) | test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%}"

@@ -585,3 +585,43 @@ def test_cli_errors_are_one_line_without_traceback(folder):
         r = subprocess.run([sys.executable, 'bridge.py', *argv], cwd=HERE, capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and 'Traceback' not in r.stderr
         assert r.stderr.startswith('error: ') and r.stderr.count('\n') == 1, r.stderr
+
+
+def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
+    """torch.compile changes the speed, not the numbers (dropout off: compiled code draws its own random bits)."""
+    args = ['--max_iters', '4', '--batch_size', '24', '--eval_interval', '2', '--freeze', '0', '--dropout', '0', '--aug', 'none']
+    eager = run(folder, tmp_path / 'eager', *args)
+    compiled = run(folder, tmp_path / 'compiled', *args, '--compile', 'True')
+    assert compiled['test_loss'] == pytest.approx(eager['test_loss'], rel=1e-4)
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True)['model'] for d in ('eager', 'compiled'))
+    assert a.keys() == b.keys() and not any('_orig_mod' in k for k in b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- bench.py
+def test_bench_runs_on_cpu_and_ends_with_json():
+    r = subprocess.run([sys.executable, 'bench.py', '--n_layer', '2', '--n_head', '2', '--n_embd', '64', '--img_size', '16',
+                        '--patch_size', '4', '--batch_size', '8', '--device', 'cpu', '--compile', 'False', '--steps', '2',
+                        '--rounds', '2', '--warmup', '1'], cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {'ours_img_s', 'hf_img_s', 'ratio', 'data_img_s', 'mfu'} <= out.keys()
+    assert out['ours_img_s'] > 0 and out['hf_img_s'] > 0 and out['data_img_s'] > 0 and out['mfu'] is None
+    assert out['ratio'] == pytest.approx(out['ours_img_s'] / out['hf_img_s'], rel=1e-2)
+    assert 'ours / transformers:' in r.stdout
+
+
+def test_bench_models_compute_the_same_function():
+    """The benchmark is fair only if both sides are the same network: copy our weights into the HF side."""
+    import bench
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=0, n_classes=10, img_size=16, patch_size=4)
+    ours, theirs = GPT(cfg).eval(), bench.HFImageGPT2(cfg).eval()
+    sd = {k.removeprefix('transformer.'): v for k, v in ours.state_dict().items()}
+    hf_sd = {('gpt2.' + k if not k.startswith(('patch', 'head')) else k): (v.t() if k.endswith(model.CONV1D) else v)
+             for k, v in sd.items()}
+    missing, unexpected = theirs.load_state_dict(hf_sd, strict=False)
+    assert not unexpected and all(k.startswith('gpt2.wte') for k in missing)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
