@@ -66,7 +66,7 @@ compile = True                # torch.compile the model: faster steps after a mi
 out_dir = ''                  # checkpoint, config.json and metrics.jsonl go here; '': out/<stage>
 eval_interval = 0             # optimizer steps between evaluations + checkpoints; 0: once per epoch
 log_interval = 20             # optimizer steps between progress lines (the only host syncs of the loop)
-num_workers = 4               # DataLoader workers for folders (decoding once, or streaming)
+num_workers = min(4, os.cpu_count() or 1)  # DataLoader workers for folders (decoding once, or streaming)
 memory_gb = 16.0              # a folder whose uint8 copy is at most this large is kept on the device; else streamed
 peak_tflops = 989.0           # the accelerator's dense bf16 peak, for MFU (H100/H200 SXM: 989)
 wandb = False                 # also log to Weights & Biases
@@ -249,13 +249,13 @@ def main(argv):
 
 def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
     print(f"device {device}, {ptdtype}, {world} process{'es' * (world > 1)}, compile {c.compile}")
-    torch.manual_seed(c.seed)
     if ddp and rank > 0:
         dist.barrier()  # rank 0 downloads the data first
     d = load_dataset(c.dataset, c.data_dir, c.img_size, device, c.memory_gb, c.num_workers)
     if ddp and rank == 0:
         dist.barrier()
     ctx = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else contextlib.nullcontext()
+    torch.manual_seed(c.seed)  # new weights depend on the seed alone: analysis.py rebuilds a run's step 0 this way
     net = build_model(c, len(d['classes']), given, ckpt, resuming).to(device)
     if c.stage == 'eval':
         test_loss, test_acc = evaluate(net, d, c, ctx, rank, world)
@@ -300,7 +300,7 @@ def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
     if rank == 0:
         os.makedirs(c.out_dir, exist_ok=True)
         with open(os.path.join(c.out_dir, 'config.json'), 'w') as f:
-            json.dump(vars(c), f, indent=1)
+            json.dump({**vars(c), 'model_config': asdict(raw.config)}, f, indent=1)
     if c.wandb and rank == 0:
         try:
             import wandb as wb

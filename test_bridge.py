@@ -625,3 +625,151 @@ def test_bench_models_compute_the_same_function():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- analysis.py
+import analysis  # noqa: E402
+
+
+def assert_png_and_json(prefix):
+    from PIL import Image
+    with open(f'{prefix}.png', 'rb') as fh:
+        assert fh.read(8) == b'\x89PNG\r\n\x1a\n'
+    with Image.open(f'{prefix}.png') as im:
+        assert im.size[0] > 200 and im.size[1] > 200
+    with open(f'{prefix}.json') as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope='module')
+def bridged(folder, tmp_path_factory):
+    """A tiny bridge run (100% random labels) and a real-label run, for the figures."""
+    out = tmp_path_factory.mktemp('runs')
+    run(folder, out / 'bridge', '--max_iters', '30', '--batch_size', '32', '--eval_interval', '10', '--lr', '3e-3')
+    run(folder, out / 'real', '--stage', 'finetune', '--max_iters', '30', '--batch_size', '32', '--eval_interval', '10', '--lr', '3e-3')
+    return out
+
+
+def test_outlier_counts_on_a_hand_built_state_dict(tmp_path):
+    sd = {'h.0.attn.c_attn.weight': torch.tensor([[0.1, 1.5, -2.0, 0.3, 0.0], [1.0, -1.0, 0.9, 3.0, 0.2]]),  # 3 beyond +-1
+          'h.0.ln_1.weight': torch.tensor([1.0, 1.2, 0.8, 1.0]),                                        # 1, LayerNorm
+          'h.1.mlp.c_proj.bias': torch.tensor([0.5, -1.5]),                                             # 1
+          'h.1.mlp.c_fc.weight': torch.tensor([-1.0, 1.0] * 50 + [30.0]),                               # 1; and 9.4 std out
+          'wte.weight': torch.tensor([[2.0, 0.0], [0.0, 0.0]]),                                         # 1, embedding
+          'h.0.attn.bias': torch.ones(1, 1, 4, 4),                                                      # a mask buffer: ignored
+          'step': torch.tensor(5)}                                                                      # not a weight: ignored
+    torch.save(sd, tmp_path / 'hand.pt')
+    r = analysis.main(['outliers', str(tmp_path / 'hand.pt'), '--out', str(tmp_path / 'o')])['models'][str(tmp_path / 'hand.pt')]
+    assert r['all'] == dict(params=121, outliers=7, ratio=7 / 121, relative_outliers=1, relative_ratio=1 / 121)
+    assert (r['without_layernorm_and_embeddings']['params'], r['without_layernorm_and_embeddings']['outliers']) == (113, 5)
+    assert [(b['block'], b['params'], b['outliers'], b['relative_outliers']) for b in r['per_block']] == [(0, 14, 4, 0), (1, 103, 2, 1)]
+    assert assert_png_and_json(tmp_path / 'o')['threshold'] == 1.0
+    r = analysis.main(['outliers', str(tmp_path / 'hand.pt'), '--threshold', '2.5', '--out', str(tmp_path / 'o2')])
+    assert r['models'][str(tmp_path / 'hand.pt')]['all']['outliers'] == 2                             # 3.0 and 30.0
+
+
+def test_outliers_of_gpt2_checkpoints_and_runs(bridged, hf_dir, tmp_path):
+    _, hf_path = hf_dir
+    r = analysis.main(['outliers', hf_path, str(bridged / 'bridge'), str(bridged / 'bridge' / 'ckpt.pt'), '--out', str(tmp_path / 'o')])
+    gpt2 = r['models'][hf_path]['all']
+    assert gpt2['params'] == sum(p.numel() for p in GPT.from_pretrained(hf_path).parameters())
+    assert gpt2['outliers'] > 0                    # the test model's weights have trained-like scale (hf_gpt2)
+    assert r['models'][str(bridged / 'bridge')]['all']['outliers'] == 0   # GPT-2's init: nothing near 1 but LN gains (= 1)
+    assert len(r['models'][str(bridged / 'bridge' / 'ckpt.pt')]['per_block']) == 2
+    assert_png_and_json(tmp_path / 'o')
+
+
+def test_run_directory_rebuilds_the_runs_step_zero(folder, tmp_path):
+    """Only the head trains: every other tensor of the checkpoint must equal the rebuilt step 0, bit for bit."""
+    run(folder, tmp_path / 'r', '--max_iters', '3', '--batch_size', '16', '--freeze', '0-2,wpe,ln_f,patch', '--lr', '1e-2')
+    start, _, _ = analysis.load_run(str(tmp_path / 'r'), 'cpu')
+    end, _, _ = analysis.load_run(str(tmp_path / 'r' / 'ckpt.pt'), 'cpu')
+    s, e = start.state_dict(), end.state_dict()
+    assert s.keys() == e.keys()
+    for k in s:
+        assert torch.equal(s[k], e[k]) == (not k.startswith('head.')), k
+
+
+def test_curves_plot_every_run(bridged, tmp_path):
+    r = analysis.main(['curves', str(bridged / 'bridge'), str(bridged / 'real' / 'metrics.jsonl'), '--out', str(tmp_path / 'c')])
+    assert_png_and_json(tmp_path / 'c')
+    assert r[str(bridged / 'bridge')]['label'] == 'bridge: scratch, 100% random labels'
+    assert r[str(bridged / 'real' / 'metrics.jsonl')]['label'] == 'real: scratch, 0% random labels'
+    last = metrics(bridged / 'real')[-1]
+    assert r[str(bridged / 'real' / 'metrics.jsonl')]['final_test_acc'] == last['test_acc']
+    with pytest.raises(UserError, match='no metrics at'):
+        analysis.main(['curves', str(tmp_path)])
+
+
+def test_landscape_ends_are_the_start_and_end_of_training(bridged, tmp_path, folder):
+    ckpt = str(bridged / 'bridge' / 'ckpt.pt')
+    r = analysis.main(['landscape', ckpt, '--grid', '5', '--batches', '1', '--batch_size', '32', '--out', str(tmp_path / 'l')])
+    assert assert_png_and_json(tmp_path / 'l')['alphas'] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert len(r['loss']) == 5 and all(len(row) == 5 for row in r['loss'])
+    assert r['loss'][2][2] == pytest.approx(r['loss_end']) and r['loss'][2][0] == pytest.approx(r['loss_start'])
+    d = data.load_dataset('folder', folder, 16, 'cpu', num_workers=0)
+    for src, key in ((ckpt, 'loss_end'), (str(bridged / 'bridge'), 'loss_start')):  # evaluated directly
+        net = analysis.load_run(src, 'cpu')[0]
+        x, y = analysis.images_for(net, d, 'test', 32, 'cpu')
+        with torch.no_grad():
+            assert r[key] == pytest.approx(torch.nn.functional.cross_entropy(net(x), y).item(), rel=1e-4)
+    assert r['loss_end'] != pytest.approx(r['loss_start'], rel=1e-3)
+
+
+def test_tsne_separates_classes_after_real_training(bridged, tmp_path):
+    r = analysis.main(['tsne', str(bridged / 'real'), str(bridged / 'real' / 'ckpt.pt'), '--images', '64', '--out', str(tmp_path / 't')])
+    assert_png_and_json(tmp_path / 't')
+    before, after = r[str(bridged / 'real')], r[str(bridged / 'real' / 'ckpt.pt')]
+    assert after['silhouette'] > before['silhouette'] and after['silhouette'] > 0.3   # colours are easy: trained features cluster
+    assert after['intra_over_total_spread'] < before['intra_over_total_spread'] and before['images'] == 64
+
+
+def write_patterns(root, kind, n=48, seed=0):
+    """kind 'smooth': low-frequency grey images (patches strongly correlated: an anisotropic Sigma_x);
+    'noise': independent uniform pixels (Sigma_x ~ identity). Four arbitrary classes: labels are random anyway."""
+    import numpy as np
+    from PIL import Image
+    g = torch.Generator().manual_seed(seed)
+    for split in ('train', 'val'):
+        for k in range(4):
+            os.makedirs(os.path.join(root, split, f'c{k}'), exist_ok=True)
+            for i in range(n if split == 'train' else 4):
+                if kind == 'smooth':
+                    img = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, generator=g) * 255, size=16, mode='bilinear')[0].expand(3, 16, 16)
+                else:
+                    img = torch.rand(3, 16, 16, generator=g) * 255
+                Image.fromarray(img.permute(1, 2, 0).numpy().astype(np.uint8)).save(os.path.join(root, split, f'c{k}', f'{i}.png'))
+    return str(root)
+
+
+def test_alignment_rises_under_random_labels_on_anisotropic_images_only(tmp_path):
+    """Theorem 4.1, measured: random-label training pulls the patch filters' covariance towards the covariance
+    of the image patches (Maennel et al. 2020); with isotropic noise there is nothing to align to. The lr is high
+    enough for the patch embedding to move as far as its initial norm: with a smaller move the isotropic init
+    dominates Sigma_w (seeds 0-5, 400 steps: smooth 0.10-0.14 -> 0.34-0.82, noise 0.74 -> 0.63-0.67)."""
+    found = {}
+    for kind in ('smooth', 'noise'):
+        root = write_patterns(tmp_path / kind, kind)
+        run(root, tmp_path / f'run_{kind}', '--stage', 'bridge', '--max_iters', '400', '--batch_size', '32', '--lr', '1e-2',
+            '--warmup_epochs', '1', '--aug', 'none', '--dropout', '0', '--label_smoothing', '0', '--eval_interval', '400')
+        r = analysis.main(['alignment', str(tmp_path / f'run_{kind}'), str(tmp_path / f'run_{kind}' / 'ckpt.pt'),
+                           '--images', '128', '--out', str(tmp_path / f'a_{kind}')])
+        assert_png_and_json(tmp_path / f'a_{kind}')
+        found[kind] = [r[str(tmp_path / f'run_{kind}')], r[str(tmp_path / f'run_{kind}' / 'ckpt.pt')]]
+    (s0, s1), (n0, n1) = found['smooth'], found['noise']
+    assert s1['alignment'] > 2 * s0['alignment']              # the cosine of Sigma_w and Sigma_x at least doubles
+    assert s1['top_k_overlap'] > s0['top_k_overlap']           # and the leading eigenvectors move towards Sigma_x's
+    assert n1['alignment'] < n0['alignment']                   # isotropic inputs: no rise
+
+
+def test_analysis_errors(tmp_path, monkeypatch):
+    for argv, message in [([], 'usage: python analysis.py'), (['plots', 'x'], "unknown subcommand 'plots'"),
+                          (['tsne'], 'tsne needs at least one source'), (['tsne', str(tmp_path)], 'not a bridge.py run directory'),
+                          (['outliers', '/no/model'], "no model '/no/model'"), (['landscape', 'a', 'b', 'c'], 'landscape takes'),
+                          (['alignment', '/no/ckpt.pt'], "'/no/ckpt.pt' is neither a ckpt.pt"),
+                          (['curves', 'x', '--grid', 'big'], "--grid 'big': expected an integer")]:
+        with pytest.raises(UserError, match=message):
+            analysis.main(argv)
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if it were not installed
+    with pytest.raises(UserError, match='pip install matplotlib scikit-learn'):
+        analysis.main(['curves', str(tmp_path)])
