@@ -39,7 +39,7 @@ batches = 2            # landscape: batches per loss value
 images = 500           # tsne: images embedded; alignment: images whose patches give Sigma_x
 top_k = 8              # alignment: leading eigenvectors compared
 seed = 0               # the random direction of landscape, t-SNE's initialization
-FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str)) and k != 'FLAGS'}
+FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 CHOICES = dict(split=('test', 'train'))
 
 

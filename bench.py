@@ -40,7 +40,7 @@ rounds = 4                # alternating blocks
 warmup = 3                # untimed steps per model first (compilation happens here)
 peak_tflops = 989.0       # the accelerator's dense bf16 peak for MFU (H100/H200 SXM: 989)
 seed = 0
-FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str)) and k != 'FLAGS'}
+FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 CHOICES = dict(model=tuple(OFFICIAL), dtype=('auto', 'bfloat16', 'float16', 'float32'), hf_dtype=('auto', 'bfloat16', 'float16', 'float32'))
 
 

@@ -61,7 +61,7 @@ label_smoothing = 0.1         # on the training loss (the paper's code smooths i
 grad_clip = 1.0               # clip the global gradient norm; 0: off
 seed = 0                      # seeds the random labels, data order, augmentation, dropout and new weights
 device = 'auto'               # auto (cuda, else mps, else cpu) | cuda | cuda:N | mps | cpu
-dtype = 'auto'                # auto: bfloat16 on CUDA, else float32 | bfloat16 | float16 (with GradScaler) | float32
+dtype = 'auto'                # auto: bfloat16 on CUDA (float16 before Ampere), else float32 | bfloat16 | float16 | float32
 compile = True                # torch.compile the model: faster steps after a minute of compiling (False for CPU smoke runs)
 out_dir = ''                  # checkpoint, config.json and metrics.jsonl go here; '': out/<stage>
 eval_interval = 0             # optimizer steps between evaluations + checkpoints; 0: once per epoch
@@ -71,8 +71,7 @@ memory_gb = 16.0              # a folder whose uint8 copy is at most this large 
 peak_tflops = 989.0           # the accelerator's dense bf16 peak, for MFU (H100/H200 SXM: 989)
 wandb = False                 # also log to Weights & Biases
 wandb_project = 'bridge'      # its project name
-FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))
-         and k not in ('FLAGS',)}
+FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 CHOICES = dict(stage=('bridge', 'finetune', 'eval'), model=tuple(OFFICIAL), dataset=('cifar10', 'cifar100', 'folder'),
                pool=('last', 'mean'), aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
                dtype=('auto', 'bfloat16', 'float16', 'float32'))
@@ -139,7 +138,8 @@ def setup_device(c):
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    dt = c.dtype if c.dtype != 'auto' else 'bfloat16' if device.type == 'cuda' else 'float32'
+    dt = c.dtype if c.dtype != 'auto' else ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') \
+        if device.type == 'cuda' else 'float32'
     return device, getattr(torch, dt), rank, world, ddp
 
 
@@ -320,6 +320,8 @@ def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
         if len(stop) > 1:  # asked twice: quit now, without a checkpoint
             raise KeyboardInterrupt
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if c.compile:
+        print("compiling the model: the first steps take a minute or more")
     metrics, t0, t_log = {}, time.time() - elapsed, time.time()
     try:
         while it < total_iters:
