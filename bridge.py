@@ -78,6 +78,8 @@ CHOICES = dict(stage=('bridge', 'finetune', 'eval'), model=tuple(OFFICIAL), data
 # flags a resumed run may change; the rest are the run's and come from its checkpoint
 RESUME_FLAGS = {'stage', 'init_from', 'out_dir', 'device', 'compile', 'eval_interval', 'log_interval', 'num_workers',
                 'memory_gb', 'data_dir', 'peak_tflops', 'wandb', 'wandb_project', 'epochs', 'max_iters'}
+# numeric flags that must be at least 1; every other number must be >= 0 (random_label_fraction: or -1)
+AT_LEAST_ONE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
 # the model's own settings that a stage-1 checkpoint hands on to stage 2 unless given on the command line
 HANDED_ON = ('img_size', 'pool', 'causal', 'dropout')
 
@@ -220,6 +222,11 @@ def save_checkpoint(path, obj):
 # ----------------------------------------------------------------------------- the two stages
 def main(argv):
     flags, given = parse_flags(FLAGS, argv, CHOICES)
+    for k, v in flags.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < (1 if k in AT_LEAST_ONE else 0) and not (
+                k == 'random_label_fraction' and v == -1):
+            raise UserError(f"--{k} {v}: must be {'at least 1' if k in AT_LEAST_ONE else '>= 0'}"
+                            + (" (or -1: the stage's default)" if k == 'random_label_fraction' else ''))
     c = SimpleNamespace(**flags)
     c.out_dir = c.out_dir or os.path.join('out', c.stage)
     ckpt, resuming = None, c.init_from == 'resume'

@@ -336,7 +336,7 @@ def test_train_batches_are_epochs_sharded_and_resumable():
     assert torch.equal(next(later)[1], epoch1[8:16])
     x, y = next(data.train_batches(images, labels, 8, seed=0))
     assert torch.equal(x[:, 0, 0, 0].long(), y)                              # images and labels stay paired
-    r0 = torch.cat([next(data.train_batches(images, labels, 8, seed=0, rank=0, world=2))[1] for _ in range(1)])
+    r0 = next(data.train_batches(images, labels, 8, seed=0, rank=0, world=2))[1]
     shard0 = set(torch.cat([b[1] for b, _ in zip(data.train_batches(images, labels, 8, seed=0, rank=0, world=2), range(3))]).tolist())
     shard1 = set(torch.cat([b[1] for b, _ in zip(data.train_batches(images, labels, 8, seed=0, rank=1, world=2), range(3))]).tolist())
     assert len(shard0) == len(shard1) == 24 and not shard0 & shard1 and set(r0.tolist()) <= shard0
@@ -561,6 +561,9 @@ def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
     (['--batch_size', '1000'], r'batch_size 1000 x 1 processes exceeds the 128 training images'),
     (['--freeze', 'all,patch,head'], r'--freeze all,patch,head leaves nothing to train'),
     (['--random_label_fraction', '2'], r'fraction 2.0 is not in \[0, 1\]'),
+    (['--random_label_fraction', '-0.5'], r"--random_label_fraction -0.5: must be >= 0 \(or -1: the stage's default\)"),
+    (['--log_interval', '0'], r'--log_interval 0: must be at least 1'),
+    (['--lr', '-1e-3'], r'--lr -0.001: must be >= 0'),
 ])
 def test_user_errors(folder, tmp_path, args, message):
     argv = ['--dataset', 'folder', '--data_dir', folder, '--out_dir', str(tmp_path), '--max_iters', '1', *TINY]
