@@ -92,7 +92,7 @@ def load_run(src, device):
             c = SimpleNamespace(**json.load(fh))
         start = read_checkpoint(c.init_from) if c.init_from not in OFFICIAL and c.init_from != 'scratch' else None
         torch.manual_seed(c.seed)  # as bridge.py does right before building: the same new weights
-        net = build_model(c, c.model_config['n_classes'], set(), start)
+        net = build_model(c, c.model_config['n_classes'], start)
         print(f"{src}: the run's weights at step 0")
         return net.to(device).eval(), c, None
     ckpt = read_checkpoint(src) if os.path.isfile(src) else None
@@ -233,7 +233,7 @@ def landscape(sources, f):
     plt = pyplot()
     if len(sources) not in (1, 2):
         raise UserError("landscape takes the trained ckpt.pt, optionally preceded by its start (a ckpt.pt or run directory)")
-    dev = setup_device(SimpleNamespace(device=f.device, dtype='float32'))[0]
+    dev = f.device
     net, c, ckpt = load_run(sources[-1], dev)
     start = load_run(sources[0] if len(sources) == 2 else os.path.dirname(os.path.abspath(sources[-1])), dev)[0]
     theta = {k: p.detach().clone() for k, p in net.named_parameters()}
@@ -291,7 +291,7 @@ def tsne(sources, f):
     plt = pyplot()
     from sklearn.manifold import TSNE
     from sklearn.metrics import silhouette_score
-    dev = setup_device(SimpleNamespace(device=f.device, dtype='float32'))[0]
+    dev = f.device
     fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 4), squeeze=False)
     result, d = {}, None
     for ax, src in zip(axes[0], sources):
@@ -323,7 +323,7 @@ def alignment(sources, f):
     Sigma_w = W^T W / C over its C filters. Reports the cosine <Sigma_w, Sigma_x> / (|Sigma_w| |Sigma_x|) and
     the overlap of their top_k eigenvectors (|U_w^T U_x|_F^2 / k: 1 = same subspace, k/D = chance)."""
     plt = pyplot()
-    dev = setup_device(SimpleNamespace(device=f.device, dtype='float32'))[0]
+    dev = f.device
     fig, ax = plt.subplots(figsize=(6, 4))
     result, cache = {}, {}
     for src in sources:
@@ -367,6 +367,7 @@ def main(argv):
     if not sources:
         raise UserError(f"{argv[0]} needs at least one source (see python analysis.py's docstring)")
     f = SimpleNamespace(**parse_flags(FLAGS, flags, CHOICES)[0])
+    f.device = setup_device(SimpleNamespace(device=f.device, dtype='float32'))[0]  # resolved once: 'auto' -> cuda/mps/cpu
     return SUBCOMMANDS[argv[0]](sources, f)
 
 

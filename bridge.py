@@ -156,7 +156,7 @@ def read_checkpoint(path):
     return ckpt if isinstance(ckpt, dict) and {'model', 'model_config'} <= ckpt.keys() else None
 
 
-def build_model(c, n_classes, given, ckpt, resuming=False):
+def build_model(c, n_classes, ckpt, resuming=False):
     """The network of --init_from with an image path for n_classes, its weights printed as they load."""
     image = dict(vocab_size=0, n_classes=n_classes, img_size=c.img_size, patch_size=c.patch_size, pool=c.pool,
                  causal=c.causal, dropout=c.dropout)
@@ -248,13 +248,13 @@ def main(argv):
     device, ptdtype, rank, world, ddp = setup_device(c)
     with contextlib.redirect_stdout(sys.stdout if rank == 0 else open(os.devnull, 'w')):  # one rank talks
         try:
-            return run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp)
+            return run(c, ckpt, resuming, device, ptdtype, rank, world, ddp)
         finally:
             if ddp:
                 dist.destroy_process_group()
 
 
-def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
+def run(c, ckpt, resuming, device, ptdtype, rank, world, ddp):
     print(f"device {device}, {ptdtype}, {world} process{'es' * (world > 1)}, compile {c.compile}")
     if ddp and rank > 0:
         dist.barrier()  # rank 0 downloads the data first
@@ -263,7 +263,7 @@ def run(c, given, ckpt, resuming, device, ptdtype, rank, world, ddp):
         dist.barrier()
     ctx = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else contextlib.nullcontext()
     torch.manual_seed(c.seed)  # new weights depend on the seed alone: analysis.py rebuilds a run's step 0 this way
-    net = build_model(c, len(d['classes']), given, ckpt, resuming).to(device)
+    net = build_model(c, len(d['classes']), ckpt, resuming).to(device)
     if c.stage == 'eval':
         test_loss, test_acc = evaluate(net, d, c, ctx, rank, world)
         print(json.dumps(out := dict(init_from=c.init_from, dataset=c.dataset, test_loss=test_loss, test_acc=test_acc)))
