@@ -1,18 +1,18 @@
 """
 Random-label bridge training, then fine-tuning: the two stages of Luo & Shen (TMLR 2026).
 
-  python bridge.py --stage bridge --freeze 0-5                        # 1: GPT-2 on images with random labels
-  python bridge.py --stage finetune --init_from out/bridge/ckpt.pt    # 2: the same network on the real labels
+  python bridge.py --stage bridge --freeze 0-5                        # 1: images, random labels
+  python bridge.py --stage finetune --init_from out/bridge/ckpt.pt    # 2: the same net, true labels
   python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # test accuracy of a checkpoint
   torchrun --standalone --nproc_per_node=8 bridge.py ...              # several GPUs (DDP)
 
-Every flag is a module-level default below; `--key value` or `--key=value` overrides it, converted to the
-default's type. Ctrl-C (or SIGTERM) stops at the next log line with a checkpoint; `--init_from resume` then
-continues bit for bit.
+A run lives in its --out_dir. A fresh run refuses a folder that holds a checkpoint, and writes
+nothing before its flags, data and model have loaded. Ctrl-C (or SIGTERM) stops at the next progress
+line with a checkpoint; the same command with --init_from resume continues it bit for bit.
 """
 import contextlib
-import difflib
-import json
+import glob
+import importlib.util
 import math
 import os
 import signal
@@ -26,388 +26,512 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import augment, eval_batches, load_dataset, random_labels, train_batches
-from model import GPT, GPTConfig, OFFICIAL, UserError
+from configurator import UserError, cores, parse, pick_device, run_cli, to_json
+from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
+from model import (OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec, init_model,
+                   peak_flops, read_checkpoint, weights_hash)
 
-# ----------------------------------------------------------------------------- flags (defaults: the paper's CIFAR-10 bridge run)
-stage = 'bridge'              # bridge: random labels | finetune: real labels | eval: test accuracy of --init_from
-init_from = 'gpt2-medium'     # gpt2 | gpt2-medium | gpt2-large | gpt2-xl | scratch | resume | PATH (HF dir/file, or a ckpt.pt)
-model = 'gpt2-medium'         # architecture for --init_from scratch, the paper's random-initialized baseline
-n_layer = 0                   # > 0: depth of a scratch model (small experiments)
-n_head = 0                    # > 0: heads of a scratch model
-n_embd = 0                    # > 0: width of a scratch model
-freeze = 'none'               # kept at their loaded values: '0-5' = the first five blocks (see model.GPT.freeze)
-reinit_head = False           # fresh classifier on a ckpt.pt (always done when the class count differs)
-dataset = 'cifar10'           # cifar10 | cifar100 | folder (DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*)
-data_dir = 'data'             # datasets live here; CIFAR is downloaded into it once
-img_size = 224                # images are resized to this square (the paper's code: 224, CIFAR upsampled)
-patch_size = 16               # patch side in pixels: (224 / 16)^2 = 196 tokens
-pool = 'last'                 # last token (paper's code, sees all patches under the causal mask) | mean
-causal = True                 # GPT-2's causal attention (paper's code) | False: bidirectional
-dropout = 0.1                 # GPT-2's dropout, active in the paper's code
-aug = 'rrc'                   # rrc: RandomResizedCrop(0.2-1) + flip, bicubic (paper) | crop: pad-4 crop + flip | none
-random_label_fraction = -1.0  # share of training labels replaced at random; -1: 1.0 for bridge, 0.0 for finetune
-random_label_mode = 'uniform' # uniform: any class, true one included | wrong: any other class (the author's code)
-epochs = 400                  # passes over the training set (the paper's code: 400 for the bridge stage)
-max_iters = 0                 # > 0: exactly this many optimizer steps instead of epochs
-batch_size = 64               # images per process per micro-step (the paper's code: 64 per GPU)
-grad_accum = 1                # micro-steps per optimizer step
-lr = 0.0                      # peak learning rate; 0: blr * images per step / 256 (the paper's code, from MAE)
-blr = 1e-3                    # base learning rate of that rule
-weight_decay = 0.05           # AdamW decay on matrices and embeddings
-warmup_epochs = 5.0           # linear warmup, then half-cosine to min_lr
-min_lr = 1e-6                 # learning rate at the end of the cosine
-label_smoothing = 0.1         # on the training loss (the paper's code smooths in both stages)
-grad_clip = 1.0               # clip the global gradient norm; 0: off
-seed = 0                      # seeds the random labels, data order, augmentation, dropout and new weights
-device = 'auto'               # auto (cuda, else mps, else cpu) | cuda | cuda:N | mps | cpu
-dtype = 'auto'                # auto: bfloat16 on CUDA (float16 before Ampere), else float32 | bfloat16 | float16 | float32
-compile = True                # torch.compile the model: faster steps after a minute of compiling (False for CPU smoke runs)
-out_dir = ''                  # checkpoint, config.json and metrics.jsonl go here; '': out/<stage>
-eval_interval = 0             # optimizer steps between evaluations + checkpoints; 0: once per epoch
-log_interval = 20             # optimizer steps between progress lines (the only host syncs of the loop)
-num_workers = min(4, os.cpu_count() or 1)  # DataLoader workers for folders (decoding once, or streaming)
-memory_gb = 16.0              # a folder whose uint8 copy is at most this large is kept on the device; else streamed
-peak_tflops = 989.0           # the accelerator's dense bf16 peak, for MFU (H100/H200 SXM: 989)
-wandb = False                 # also log to Weights & Biases
-wandb_project = 'bridge'      # its project name
-FLAGS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
-CHOICES = dict(stage=('bridge', 'finetune', 'eval'), model=tuple(OFFICIAL), dataset=('cifar10', 'cifar100', 'folder'),
-               pool=('last', 'mean'), aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
+# ----------------------------------------------------------------- flags (the paper's CIFAR-10 run)
+stage = 'bridge'               # bridge: random labels | finetune: the true labels | eval: accuracy
+init_from = 'gpt2-medium'      # gpt2[-medium|-large|-xl] | scratch | resume | ckpt.pt | HF dir/file
+model = 'gpt2-medium'          # --init_from scratch: an OpenAI size, or LAYERSxWIDTH such as 4x128
+freeze = 'none'                # kept at their loaded values: 0-5 = the first five blocks (GPT.freeze)
+reinit_head = False            # a new classifier on a ckpt.pt (always when its classes differ)
+dataset = 'cifar10'            # cifar10 | cifar100 | folder (DATA_DIR/{train,val}/<class>/<image>)
+data_dir = 'data'              # datasets live here; CIFAR is downloaded into it once
+img_size = 224                 # images are resized to this square (the paper: 224, CIFAR upsampled)
+patch_size = 16                # patch side in pixels: (224 / 16)^2 = 196 tokens
+dropout = 0.1                  # GPT-2's dropout, active in the paper's code
+aug = 'rrc'                    # rrc: RandomResizedCrop + flip (the paper) | crop: pad-4 crop | none
+random_label_fraction = 1.0    # --stage bridge: share of labels drawn at random (Fig. 3: 0 to 1)
+random_label_mode = 'uniform'  # uniform: any class | wrong: any but the true one (author's code)
+epochs = 400                   # passes over the training set (the paper's code: 400 for the bridge)
+max_iters = 0                  # > 0: this many optimizer steps instead; the schedule fits them
+batch_size = 64                # images per process and micro-step (the paper's code: 64 per GPU)
+grad_accum = 1                 # micro-steps per optimizer step
+lr = 2.5e-4                    # peak learning rate (the paper's rule: 1e-3 x images a step / 256)
+weight_decay = 0.05            # AdamW's decay on matrices and embeddings
+warmup_epochs = 5.0            # linear warmup (a tenth of the run at most), then cosine to min_lr
+min_lr = 1e-6                  # the learning rate at the end of the cosine
+label_smoothing = 0.1          # on the training loss (the paper's code smooths in both stages)
+grad_clip = 1.0                # clip the gradients' global norm to this; 0: off
+seed = 0                       # random labels, data order, augmentation, dropout, new weights
+device = 'auto'                # auto (cuda, else mps, else cpu) | cuda | cuda:N | mps | cpu
+dtype = 'auto'                 # auto: bfloat16 on CUDA (float16 before Ampere), float32 elsewhere
+compile = True                 # torch.compile the model (False for short CPU runs)
+out_dir = 'out/{stage}'        # the run's folder: ckpt.pt, config.json, metrics.jsonl
+eval_interval = 0              # steps between evaluations + checkpoints; 0: once an epoch
+log_interval = 20              # steps between progress lines (the loop's only host syncs)
+num_workers = cores()          # processes decoding image folders: this process's share of cores
+wandb = False                  # also log to Weights & Biases (project $WANDB_PROJECT, else bridge)
+
+CHOICES = dict(stage=('bridge', 'finetune', 'eval'), dataset=('cifar10', 'cifar100', 'folder'),
+               aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
                dtype=('auto', 'bfloat16', 'float16', 'float32'))
-# flags a resumed run may change; the rest are the run's and come from its checkpoint
-RESUME_FLAGS = {'stage', 'init_from', 'out_dir', 'device', 'compile', 'eval_interval', 'log_interval', 'num_workers',
-                'memory_gb', 'data_dir', 'peak_tflops', 'wandb', 'wandb_project', 'epochs', 'max_iters'}
-# numeric flags that must be at least 1; every other number must be >= 0 (random_label_fraction: or -1)
-AT_LEAST_ONE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
-# the model's own settings that a stage-1 checkpoint hands on to stage 2 unless given on the command line
-HANDED_ON = ('img_size', 'pool', 'causal', 'dropout')
+POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
+# what a resumed run may change; any other flag must keep the run's value, or its checkpoint would lie
+RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
+             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
 
 
-def parse_flags(defaults, argv, choices=None):
-    """['--lr', '1e-4', '--compile=False', '--wandb'] -> ({**defaults, lr: 1e-4, ...}, {names given})."""
-    cfg, given, args = dict(defaults), set(), list(argv)
-    while args:
-        arg = args.pop(0)
-        key, eq, val = arg[2:].partition('=')
-        if not arg.startswith('--') or key not in cfg:
-            close = difflib.get_close_matches(key if arg.startswith('--') else arg, cfg, n=3, cutoff=0.5)
-            raise UserError(f"unknown flag '{arg}'" + (f"; did you mean {', '.join('--' + c for c in close)}?" if close
-                            else f"; flags are --key value or --key=value with key one of: {', '.join(cfg)}"))
-        if not eq:  # a bare boolean flag means True
-            val = args.pop(0) if args and not (isinstance(cfg[key], bool) and args[0].startswith('--')) else (
-                'True' if isinstance(cfg[key], bool) else None)
-            if val is None:
-                raise UserError(f"--{key} needs a value (default {cfg[key]!r})")
-        cfg[key] = convert(key, val, defaults[key], (choices or {}).get(key))
-        given.add(key)
-    return cfg, given
+def main(argv):
+    c, ckpt, resuming = configure(argv)  # everything that can be checked without work, first
+    env = setup(c)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with contextlib.redirect_stdout(sys.stdout if env.rank == 0 else open(os.devnull, 'w')):
+        try:
+            return run(c, ckpt, resuming, env)
+        finally:  # in-process callers (tests, notebooks) get their signal handlers back
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+            if env.world > 1:
+                dist.destroy_process_group()
 
 
-def convert(key, val, default, choices=None):
-    """A command-line string -> the type of the flag's default, or a UserError that says what is accepted."""
-    if isinstance(default, bool):
-        if val.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
-            raise UserError(f"--{key} {val!r}: expected True or False")
-        return val.lower() in ('true', '1', 'yes')
-    try:
-        out = type(default)(val)
-    except ValueError:
-        raise UserError(f"--{key} {val!r}: expected {'an integer' if isinstance(default, int) else 'a number'}") from None
-    if choices and out not in choices:
-        close = difflib.get_close_matches(out, choices, n=1)
-        raise UserError(f"--{key} {val!r} is not one of {', '.join(choices)}" + (f"; did you mean {close[0]}?" if close else ''))
+def run(c, ckpt, resuming, env):
+    print(f"device {env.device}, {env.dtype}, {env.world} process{'es' * (env.world > 1)}, "
+          f"{torch.get_num_threads()} CPU threads each; compile {c.compile}")
+    d = load_data(c, ckpt, resuming, env)
+    net, start = build_model(c, ckpt, resuming, d['classes'])
+    net.to(env.device)
+    if c.stage == 'eval':
+        return report_eval(c, evaluate(net, d, c, env))
+    # the method: stage 1 trains on random labels, stage 2 on the true ones; frozen blocks keep
+    # their language weights (partial bridge training); AdamW trains the rest
+    labels = train_labels(c, d, ckpt if resuming else None)
+    net.freeze(c.freeze)
+    if not any(p.requires_grad for p in net.parameters()):
+        raise UserError(f"--freeze {c.freeze} leaves nothing to train")
+    opt = net.configure_optimizers(c.weight_decay, c.lr, (0.9, 0.999), env.device.type)
+    return train(c, env, d, net, opt, labels, ckpt if resuming else None, start)
+
+
+# ----------------------------------------------------------------- the method
+def train_labels(c, d, ckpt):
+    """The bridge stage trains on random labels (no annotation needed), finetune on the true ones; a
+    resumed run keeps the labels it started with."""
+    true = d['train'][1].cpu()
+    if ckpt is not None:
+        return ckpt['train_labels']
+    if c.stage == 'finetune':
+        print(f"finetune: the {len(true)} true training labels")
+        return true
+    labels = random_labels(true, len(d['classes']), c.random_label_fraction, c.seed,
+                           wrong=c.random_label_mode == 'wrong')
+    print(f"bridge: {c.random_label_fraction:.0%} of the {len(true)} training labels drawn at random "
+          f"({c.random_label_mode}, seed {c.seed}); {(labels != true).float().mean():.1%} now differ "
+          f"from the truth; test labels are the true ones")
+    return labels
+
+
+def schedule(c, per_epoch):
+    """-> (total steps, warmup steps). The warmup takes a tenth of the run at most, so that a short
+    run (--max_iters, few epochs) still reaches its peak learning rate and decays."""
+    total = c.max_iters or max(1, round(c.epochs * per_epoch))
+    warmup = round(c.warmup_epochs * per_epoch)
+    if warmup > total // 10:
+        print(f"warmup: {c.warmup_epochs:g} epochs = {warmup} steps do not fit a {total}-step run: "
+              f"{total // 10} steps instead, a tenth of it")
+        warmup = total // 10
+    return total, warmup
+
+
+def lr_at(it, c, warmup, total):
+    """Linear warmup to c.lr, then half-cosine to c.min_lr at total (the paper's code, per step)."""
+    if it < warmup:
+        return c.lr * (it + 1) / warmup
+    progress = (it - warmup) / max(1, total - warmup)
+    return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------- the training loop
+def train(c, env, d, raw, opt, labels, ckpt, start):
+    """Warmup + cosine, gradient accumulation, clipping; a progress line every log_interval steps,
+    an evaluation and a checkpoint every eval_interval. A signal stops it at the next progress line."""
+    per_epoch = steps_per_epoch(len(labels), c.batch_size, env.world) / c.grad_accum
+    total, warmup = schedule(c, per_epoch)
+    eval_every = c.eval_interval or max(1, round(per_epoch))
+    scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
+    it, history = resume_state(c, env, opt, scaler, ckpt)
+    net = wrap(raw, c, env)
+    batches = train_batches(d['train'][0], labels.to(env.device), c.batch_size, it * c.grad_accum,
+                            c.seed, env.rank, env.world, c.num_workers)
+    since_log, since_eval = tally(env), tally(env)  # each [loss sum, correct, images]
+    print(f"{total} steps ({per_epoch:.1f} an epoch) of {c.batch_size * c.grad_accum * env.world} "
+          f"images: lr {c.lr:.2e}, warmup {warmup} steps, cosine to {c.min_lr:g}; "
+          f"eval every {eval_every} steps into {c.out_dir}")
+    clock = Clock(ckpt['elapsed_s'] if ckpt else 0.0, raw.flops_per_image(), env)
+    stop = catch_signals()
+    while it < total:
+        lr = lr_at(it, c, warmup, total)
+        for group in opt.param_groups:
+            group['lr'] = lr
+        torch.manual_seed(hash((c.seed, env.rank, it)))  # augmentation, dropout: (seed, rank, step)
+        for micro in range(c.grad_accum):
+            x, y = next(batches)
+            if env.world > 1:  # all-reduce the gradients on the last micro-step only
+                net.require_backward_grad_sync = micro == c.grad_accum - 1
+            with env.ctx:
+                logits = net(augment(x, c.aug, c.img_size, d['mean'], d['std'])).float()
+                loss = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+            scaler.scale(loss / c.grad_accum).backward()
+            count((since_log, since_eval), loss, logits, y)
+        if c.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), c.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        it += 1
+        if it % c.log_interval and it % eval_every and it < total:
+            continue
+        stopping = agree(bool(stop), env)  # every rank stops at the same step
+        progress(c, env, it, total, per_epoch, lr, since_log, clock, history)
+        if it % eval_every == 0 or it == total or stopping:
+            train_loss, train_acc, _ = summed(since_eval, env)
+            metrics = dict(iter=it, epoch=round(it / per_epoch, 4), lr=lr, train_loss=train_loss,
+                           train_acc=train_acc, **evaluate(net, d, c, env))
+            save(c, env, dict(metrics, elapsed_s=round(clock.elapsed(), 2)), history,
+                 dict(model=raw, optimizer=opt, scaler=scaler, train_labels=labels, start=start,
+                      data=d['fingerprint']))
+        if stopping:
+            print(f"stopped by a signal at step {it}; continue with the same command and "
+                  f"--init_from resume")
+            break
+    return finish(c, it, history, clock)
+
+
+def resume_state(c, env, opt, scaler, ckpt):
+    """-> (step, metrics so far): the resumed run's, with its optimizer state; (0, []) for a new run.
+    Temporary files of a checkpoint write that was killed are removed."""
+    stale = glob.glob(os.path.join(glob.escape(c.out_dir), '*.tmp')) if env.rank == 0 else []
+    for path in stale:
+        print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
+        os.remove(path)
+    if ckpt is None:
+        return 0, []
+    opt.load_state_dict(ckpt['optimizer'])
+    if ckpt['scaler']:  # empty unless the run trained in float16
+        scaler.load_state_dict(ckpt['scaler'])
+    print(f"resuming {c.out_dir} at step {ckpt['iter']}")
+    return ckpt['iter'], ckpt['history']
+
+
+def wrap(raw, c, env):
+    """The model as the loop runs it: compiled (one graph to train, one to evaluate), in DDP."""
+    net = raw
+    if c.compile:
+        print("compiling the model: the first steps take a minute or more")
+        net = torch.compile(raw)
+    if env.world > 1:
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == 'cuda' else None)
+    return net
+
+
+def tally(env):
+    """A running [loss sum, correct, images] on the device: one tensor, so DDP sums it in one call."""
+    return torch.zeros(3, device=env.device)
+
+
+def count(tallies, loss, logits, y):
+    """Adds a micro-batch's mean loss, predictions and size to each tally, without a host sync."""
+    for t in tallies:
+        t[0] += loss.detach() * len(y)
+        t[1] += (logits.detach().argmax(1) == y).sum()
+        t[2] += len(y)  # a Python number as a kernel argument: no copy to the device
+
+
+def summed(t, env):
+    """A tally summed over ranks, then reset -> (mean loss, accuracy, images)."""
+    if env.world > 1:
+        dist.all_reduce(t)
+    loss, correct, n = t.tolist()
+    t.zero_()
+    return loss / n, correct / n, n
+
+
+def agree(flag, env):
+    """True on every rank when it is True on any."""
+    if env.world == 1:
+        return flag
+    t = torch.tensor(float(flag), device=env.device)
+    dist.all_reduce(t)
+    return t.item() > 0
+
+
+def catch_signals():
+    """SIGINT/SIGTERM are noted in the returned list; the loop stops at its next progress line,
+    between two whole steps. A second signal stops at once, without a checkpoint."""
+    stop = []
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+        if len(stop) > 1:
+            raise KeyboardInterrupt
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+    return stop
+
+
+class Clock:
+    """The run's wall time (across resumes); images per second and MFU between progress lines."""
+
+    def __init__(self, elapsed, flops_per_image, env):
+        self.last = time.time()
+        self.start = self.last - elapsed
+        self.flops, self.peak, self.world = flops_per_image, peak_flops(env.device), env.world
+
+    def elapsed(self):
+        return time.time() - self.start
+
+    def speed(self, images):
+        """-> (images per second since the last call, ' | mfu x%' when the GPU's peak is known)."""
+        now = time.time()
+        img_s, self.last = images / max(now - self.last, 1e-9), now
+        mfu = f" | mfu {img_s / self.world * self.flops / self.peak:.1%}" if self.peak else ''
+        return img_s, mfu
+
+
+def progress(c, env, it, total, per_epoch, lr, since_log, clock, history):
+    """One progress line. A loss that is not finite stops the run: the last good checkpoint stays."""
+    loss, acc, n = summed(since_log, env)
+    if not math.isfinite(loss):
+        diverged(c, it, f"loss {loss}", history)
+    img_s, mfu = clock.speed(n)
+    eta = (total - it) * c.batch_size * c.grad_accum * env.world / img_s
+    print(f"step {it}/{total} (epoch {it / per_epoch:.2f}) | loss {loss:.4f} | acc {acc:.1%} | "
+          f"lr {lr:.2e} | {img_s:.0f} img/s{mfu} | eta {hms(eta)}")
+
+
+def diverged(c, it, what, history):
+    """Stops a run whose loss is not finite; ckpt.pt stays the last good checkpoint."""
+    kept = f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
+    hint = " or --dtype bfloat16" if c.dtype == 'float16' else ''
+    raise UserError(f"{what} at step {it}: stopped; in {c.out_dir}, {kept}; try a lower --lr{hint}")
+
+
+@torch.no_grad()
+def evaluate(net, d, c, env):
+    """Loss (no smoothing) and accuracy on the whole test split with its true labels, all ranks."""
+    net.eval()
+    t = tally(env)
+    for x, y in eval_batches(*d['test'], c.batch_size, env.rank, env.world, c.num_workers):
+        with env.ctx:
+            logits = net(augment(x, 'eval', c.img_size, d['mean'], d['std'])).float()
+        count((t,), F.cross_entropy(logits, y), logits, y)
+    net.train()
+    loss, acc, _ = summed(t, env)
+    return dict(test_loss=loss, test_acc=acc)
+
+
+def save(c, env, metrics, history, state):
+    """A checkpoint, only of finite losses: ckpt.pt holds all a resume needs (state: the model,
+    optimizer, scaler, labels, the start and data fingerprints); metrics.jsonl and config.json are
+    rewritten from it. Each file is written to a temporary file and renamed: a kill never breaks one."""
+    for k in ('train_loss', 'test_loss'):
+        if not math.isfinite(metrics[k]):
+            diverged(c, metrics['iter'], f"{k.replace('_', ' ')} {metrics[k]}", history)
+    history.append(metrics)
+    print(f"eval step {metrics['iter']}: train loss {metrics['train_loss']:.4f} acc "
+          f"{metrics['train_acc']:.1%} (on the labels trained on) | test loss "
+          f"{metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%} | saved {c.out_dir}/ckpt.pt")
+    if env.rank > 0:
+        return
+    raw = state['model']
+    ckpt = dict(state, model=raw.state_dict(), model_config=asdict(raw.config), config=vars(c),
+                optimizer=state['optimizer'].state_dict(), scaler=state['scaler'].state_dict(),
+                train_labels=state['train_labels'].cpu(), iter=metrics['iter'], history=history,
+                elapsed_s=metrics['elapsed_s'], world=env.world)
+    os.makedirs(c.out_dir, exist_ok=True)
+    atomic(os.path.join(c.out_dir, 'ckpt.pt'), lambda f: torch.save(ckpt, f), 'wb')
+    rows = ''.join(to_json(m) + '\n' for m in history)
+    atomic(os.path.join(c.out_dir, 'metrics.jsonl'), lambda f: f.write(rows))
+    run_config = to_json({**vars(c), 'model_config': ckpt['model_config']}, indent=1)
+    atomic(os.path.join(c.out_dir, 'config.json'), lambda f: f.write(run_config))
+    if c.wandb:
+        import wandb
+        if wandb.run is None:
+            wandb.init(project=os.environ.get('WANDB_PROJECT', 'bridge'), config=vars(c))
+        wandb.log(metrics, step=metrics['iter'])
+
+
+def atomic(path, write, mode='w'):
+    """write(file) into path.tmp, then rename that over path."""
+    with open(path + '.tmp', mode) as f:
+        write(f)
+    os.replace(path + '.tmp', path)
+
+
+def finish(c, it, history, clock):
+    """The closing line: the final and best test accuracy, the time, the checkpoint -> last metrics."""
+    best = max(history, key=lambda m: m['test_acc'])
+    print(f"done: {c.stage} stopped at step {it} after {hms(clock.elapsed())}; test accuracy "
+          f"{history[-1]['test_acc']:.2%} (best {best['test_acc']:.2%}, step {best['iter']}); "
+          f"checkpoint {c.out_dir}/ckpt.pt")
+    return history[-1]
+
+
+def hms(seconds):
+    return f"{int(seconds // 3600)}:{time.strftime('%M:%S', time.gmtime(seconds))}"
+
+
+def report_eval(c, m):
+    """--stage eval: one line of JSON; a test loss that is not finite (diverged weights) exits 1."""
+    out = dict(init_from=c.init_from, dataset=c.dataset, data_dir=c.data_dir, **m)
+    print(to_json(out))
+    if not math.isfinite(m['test_loss']):
+        raise UserError(f"{c.init_from}: test loss {m['test_loss']}: its weights have diverged")
     return out
 
 
-# ----------------------------------------------------------------------------- setup
-def setup_device(c):
-    """-> (device, autocast dtype, rank, world size, DDP?). torchrun sets RANK: then one GPU (or CPU process) per rank."""
-    ddp = 'RANK' in os.environ
-    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    name = c.device if c.device != 'auto' else 'cuda' if torch.cuda.is_available() else (
-        'mps' if torch.backends.mps.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-    if name == 'cuda' and ddp:
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: use auto, cuda, cuda:N, mps or cpu") from None
-    if ddp:
+# ----------------------------------------------------------------- setup: flags, device, data, model
+def configure(argv):
+    """Flags -> (the run's config, the checkpoint it starts from or None, resuming?). All that needs
+    no work is checked here, before data is decoded or weights are read: flags, files, sizes."""
+    c, given = parse(argv, globals(), CHOICES, POSITIVE)
+    c.out_dir = c.out_dir.replace('{stage}', c.stage)
+    resuming, ckpt = c.init_from == 'resume', None
+    if resuming:
+        path = os.path.join(c.out_dir, 'ckpt.pt')
+        if not os.path.isfile(path):
+            raise UserError(f"--init_from resume: no checkpoint at {path} (give the run's --out_dir)")
+        ckpt = read_checkpoint(path)
+        c = resumed(c, given, ckpt)
+    elif c.init_from.endswith(('.pt', '.pth')):
+        ckpt = read_checkpoint(c.init_from)
+        handed_on(c, given, ckpt)
+    elif c.init_from not in (*OFFICIAL, 'scratch') and not os.path.exists(c.init_from):
+        raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
+                        f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
+                        f"or a Hugging Face checkpoint (a directory, .safetensors or .bin)")
+    if c.stage != 'eval' and not resuming:
+        refuse_existing_run(c.out_dir)
+    check_flags(c, given, ckpt)
+    return c, ckpt, resuming
+
+
+def resumed(c, given, ckpt):
+    """The run's own config; a flag given again must repeat the run's value unless RESUMABLE."""
+    run = ckpt['config']
+    for k in sorted(given - set(RESUMABLE)):
+        if getattr(c, k) != run[k]:
+            raise UserError(f"--init_from resume continues {c.out_dir} as it was: --{k} "
+                            f"{getattr(c, k)!r} is not the run's {run[k]!r} (a resume may change "
+                            f"only --{', --'.join(RESUMABLE[1:])})")
+    if ckpt['world'] != int(os.environ.get('WORLD_SIZE', 1)):
+        raise UserError(f"{c.out_dir} ran as {ckpt['world']} processes: resume it with as many")
+    given_again = {k: getattr(c, k) for k in given - {'init_from'}}
+    return SimpleNamespace(**{**run, **given_again, 'out_dir': c.out_dir})
+
+
+def handed_on(c, given, ckpt):
+    """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint (a flag may only
+    repeat them); --stage eval also takes the run's dataset, unless one is given."""
+    for k in ('img_size', 'patch_size'):
+        have = ckpt['model_config'][k]
+        if k in given and getattr(c, k) != have:
+            raise UserError(f"--{k} {getattr(c, k)}: {c.init_from} was trained with {k} {have}, "
+                            f"part of its network; leave the flag out")
+        setattr(c, k, have)
+    for k in ('dataset', 'data_dir'):
+        if c.stage == 'eval' and k not in given:
+            setattr(c, k, ckpt['config'][k])
+
+
+def refuse_existing_run(out_dir):
+    """A fresh run never replaces another: out_dir must not hold a checkpoint."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.exists(path):
+        old = read_checkpoint(path)
+        raise UserError(f"{out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
+                        f"continue it with --init_from resume, or start elsewhere with another "
+                        f"--out_dir (or delete {out_dir})")
+
+
+def check_flags(c, given, ckpt):
+    """What the flags must agree on with each other, and with the network they start from."""
+    if c.stage == 'eval' and ckpt is None:
+        raise UserError(f"--stage eval needs --init_from a ckpt.pt of bridge.py, not '{c.init_from}'")
+    if 'model' in given and c.init_from != 'scratch':
+        raise UserError("--model shapes a scratch model: use it with --init_from scratch")
+    if 'random_label_fraction' in given and c.stage != 'bridge':
+        raise UserError(f"--random_label_fraction is for --stage bridge; {c.stage} has the true labels")
+    if not 0 <= c.random_label_fraction <= 1:
+        raise UserError(f"--random_label_fraction {c.random_label_fraction}: must be in [0, 1]")
+    if c.wandb and importlib.util.find_spec('wandb') is None:
+        raise UserError("--wandb True needs the wandb package: pip install wandb")
+    known = ckpt['model_config'] if ckpt else OFFICIAL.get(c.init_from)
+    known = architecture(c.model) if c.init_from == 'scratch' else known
+    check_image_config(GPTConfig(img_size=c.img_size, patch_size=c.patch_size,
+                                 block_size=(known or {}).get('block_size', 1024)))
+    if known:  # else an HF checkpoint: its depth is known once it loads
+        freeze_spec(c.freeze, known['n_layer'])
+
+
+def setup(c):
+    """-> env: device, autocast dtype and context, rank, world. torchrun sets RANK: one GPU (or CPU
+    process) per rank; on the CPU, each rank takes its share of the cores (OMP_NUM_THREADS wins)."""
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    device = pick_device(c.device)
+    if device.type == 'cuda' and world > 1:
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+    if world > 1:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    dt = c.dtype if c.dtype != 'auto' else ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') \
-        if device.type == 'cuda' else 'float32'
-    return device, getattr(torch, dt), rank, world, ddp
+    if 'OMP_NUM_THREADS' not in os.environ:
+        torch.set_num_threads(cores())
+    name = c.dtype
+    if name == 'auto' and device.type == 'cuda':
+        name = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    dtype = torch.float32 if name == 'auto' else getattr(torch, name)
+    ctx = contextlib.nullcontext()
+    if dtype != torch.float32:
+        ctx = torch.autocast(device.type, dtype=dtype)
+    return SimpleNamespace(device=device, dtype=dtype, ctx=ctx, rank=rank, world=world)
 
 
-def read_checkpoint(path):
-    """Our ckpt.pt -> dict, or None when path is some other weights file (an HF .bin)."""
-    if not os.path.isfile(path) or path.endswith('.safetensors'):
-        return None
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    return ckpt if isinstance(ckpt, dict) and {'model', 'model_config'} <= ckpt.keys() else None
-
-
-def build_model(c, n_classes, ckpt, resuming=False):
-    """The network of --init_from with an image path for n_classes, its weights printed as they load."""
-    image = dict(vocab_size=0, n_classes=n_classes, img_size=c.img_size, patch_size=c.patch_size, pool=c.pool,
-                 causal=c.causal, dropout=c.dropout)
-    if (c.n_layer or c.n_head or c.n_embd) and c.init_from != 'scratch':
-        raise UserError("--n_layer/--n_head/--n_embd shape a scratch model: use them with --init_from scratch")
-    if ckpt is not None:  # a checkpoint of ours: stage 1 -> stage 2 (or a resume)
-        mc = {**ckpt['model_config'], **{k: image[k] for k in HANDED_ON + ('patch_size',)}, 'n_classes': n_classes}
-        net = GPT(GPTConfig(**mc))
-        sd = ckpt['model']
-        fresh_head = not resuming and (c.reinit_head or sd['head.weight'].size(0) != n_classes)
-        if fresh_head and c.stage == 'eval':
-            raise UserError(f"{c.init_from} classifies {sd['head.weight'].size(0)} classes, {c.dataset} has {n_classes}")
-        if fresh_head:
-            sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
-        net.load_state_dict(sd, strict=not fresh_head)
-        print(f"loaded {c.init_from if not resuming else c.out_dir} (step {ckpt['iter']} of its {ckpt['config']['stage']} run): "
-              + ', '.join(f"{k} {mc[k]}" for k in ('n_layer', 'n_embd', 'img_size', 'patch_size', 'pool', 'causal'))
-              + (f"; new {n_classes}-class head" if fresh_head else ''))
-    elif c.init_from == 'scratch':
-        arch = {**OFFICIAL[c.model], **{k: getattr(c, k) for k in ('n_layer', 'n_head', 'n_embd') if getattr(c, k) > 0}}
-        if arch['n_embd'] % arch['n_head']:
-            raise UserError(f"--n_embd {arch['n_embd']} is not divisible by --n_head {arch['n_head']}")
-        net = GPT(GPTConfig(**arch, **image))
-        print(f"scratch: GPT-2 {arch['n_layer']} layers x {arch['n_embd']} wide, {arch['n_head']} heads "
-              f"({c.model}{' resized by --n_layer/--n_head/--n_embd' * (arch != OFFICIAL[c.model])}), GPT-2's random init")
-    else:
-        net = GPT.from_pretrained(c.init_from, **image)
-    return net
-
-
-def get_lr(it, c, peak, warmup_iters, total_iters):
-    """Linear warmup to peak, then half-cosine down to min_lr at total_iters (the paper's code, per iteration)."""
-    if it < warmup_iters:
-        return peak * (it + 1) / warmup_iters
-    progress = (it - warmup_iters) / max(1, total_iters - warmup_iters)
-    return c.min_lr + 0.5 * (peak - c.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def evaluate(net, d, c, ctx, rank, world):
-    """Loss (no smoothing) and accuracy on the whole test set against the true labels; all ranks agree."""
-    net.eval()
-    s = torch.zeros(3, device=d['mean'].device)  # loss sum, correct, count
-    for x, y in eval_batches(*d['test'], c.batch_size, rank, world, c.num_workers):
-        with ctx:
-            logits = net(augment(x, 'eval', c.img_size, d['mean'], d['std'])).float()
-        s[0] += F.cross_entropy(logits, y, reduction='sum')
-        s[1] += (logits.argmax(1) == y).sum()
-        s[2] += len(y)  # a Python number into a kernel argument: no host-device copy, no sync
-    if world > 1:
-        dist.all_reduce(s)
-    net.train()
-    loss, correct, n = s.tolist()
-    return loss / n, correct / n
-
-
-def save_checkpoint(path, obj):
-    """Written to a temporary file, then renamed: a crash mid-write never leaves a broken ckpt.pt."""
-    torch.save(obj, path + '.tmp')
-    os.replace(path + '.tmp', path)
-
-
-# ----------------------------------------------------------------------------- the two stages
-def main(argv):
-    flags, given = parse_flags(FLAGS, argv, CHOICES)
-    for k, v in flags.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < (1 if k in AT_LEAST_ONE else 0) and not (
-                k == 'random_label_fraction' and v == -1):
-            raise UserError(f"--{k} {v}: must be {'at least 1' if k in AT_LEAST_ONE else '>= 0'}"
-                            + (" (or -1: the stage's default)" if k == 'random_label_fraction' else ''))
-    c = SimpleNamespace(**flags)
-    c.out_dir = c.out_dir or os.path.join('out', c.stage)
-    ckpt, resuming = None, c.init_from == 'resume'
-    if resuming:  # the run's own config, except the few flags a resume may change
-        path = os.path.join(c.out_dir, 'ckpt.pt')
-        if (ckpt := read_checkpoint(path)) is None:
-            raise UserError(f"--init_from resume: no checkpoint at {path} (set --out_dir or --stage to the run's)")
-        if bad := sorted(given - RESUME_FLAGS):
-            raise UserError(f"--init_from resume continues {path} with its own settings; cannot change --{bad[0]} "
-                            f"(resume may change: {', '.join(sorted(RESUME_FLAGS))})")
-        c = SimpleNamespace(**{**ckpt['config'], **{k: getattr(c, k) for k in given - {'init_from'}}, 'out_dir': c.out_dir})
-    elif c.init_from not in OFFICIAL and c.init_from != 'scratch':
-        if (ckpt := read_checkpoint(c.init_from)) is not None:  # stage 1 -> stage 2: the network keeps its image settings
-            c.patch_size = ckpt['model_config']['patch_size']
-            for k in HANDED_ON:
-                setattr(c, k, getattr(c, k) if k in given else ckpt['model_config'][k])
-    if c.stage == 'eval' and ckpt is None:
-        raise UserError(f"--stage eval needs --init_from a ckpt.pt written by bridge.py, not '{c.init_from}'")
-    device, ptdtype, rank, world, ddp = setup_device(c)
-    with contextlib.redirect_stdout(sys.stdout if rank == 0 else open(os.devnull, 'w')):  # one rank talks
-        try:
-            return run(c, ckpt, resuming, device, ptdtype, rank, world, ddp)
-        finally:
-            if ddp:
-                dist.destroy_process_group()
-
-
-def run(c, ckpt, resuming, device, ptdtype, rank, world, ddp):
-    print(f"device {device}, {ptdtype}, {world} process{'es' * (world > 1)}, compile {c.compile}")
-    if ddp and rank > 0:
-        dist.barrier()  # rank 0 downloads the data first
-    d = load_dataset(c.dataset, c.data_dir, c.img_size, device, c.memory_gb, c.num_workers)
-    if ddp and rank == 0:
+def load_data(c, ckpt, resuming, env):
+    """The dataset on the device. A resume needs exactly the run's data (its fingerprint), --stage
+    eval the classes its head learned. Rank 0 goes first, so that a download happens once."""
+    if env.rank > 0:
         dist.barrier()
-    ctx = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else contextlib.nullcontext()
-    torch.manual_seed(c.seed)  # new weights depend on the seed alone: analysis.py rebuilds a run's step 0 this way
-    net = build_model(c, len(d['classes']), ckpt, resuming).to(device)
-    if c.stage == 'eval':
-        test_loss, test_acc = evaluate(net, d, c, ctx, rank, world)
-        print(json.dumps(out := dict(init_from=c.init_from, dataset=c.dataset, test_loss=test_loss, test_acc=test_acc)))
-        return out
+    d = load_dataset(c.dataset, c.data_dir, c.img_size, env.device, c.num_workers)
+    if env.world > 1 and env.rank == 0:
+        dist.barrier()
+    if resuming and d['fingerprint'] != ckpt['data']:
+        differ = [k for k, v in ckpt['data'].items() if d['fingerprint'][k] != v]
+        raise UserError(f"{c.dataset} at {c.data_dir} is not the data {c.out_dir} trained on: "
+                        f"its {', '.join(differ)} differ")
+    if c.stage == 'eval' and d['classes'] != ckpt['data']['classes']:
+        raise UserError(f"{c.init_from} classifies {len(ckpt['data']['classes'])} classes "
+                        f"({', '.join(ckpt['data']['classes'][:4])}...), {c.dataset} at "
+                        f"{c.data_dir} has {len(d['classes'])} ({', '.join(d['classes'][:4])}...)")
+    return d
 
-    # the method: the bridge stage trains on random labels, fine-tuning on the real ones
-    true_labels = d['train'][1]
+
+def build_model(c, ckpt, resuming, classes):
+    """The network a run starts from (on the CPU), and the record that analysis.py checks a rebuild
+    of it against. A checkpoint keeps its head for the classes it learned, unless --reinit_head."""
     if resuming:
-        train_labels = ckpt['train_labels']
-    else:
-        fraction = c.random_label_fraction if c.random_label_fraction >= 0 else {'bridge': 1.0, 'finetune': 0.0}[c.stage]
-        train_labels = random_labels(true_labels, len(d['classes']), fraction, c.seed, wrong=c.random_label_mode == 'wrong')
-        print(f"{c.stage}: {fraction:.0%} of the {len(true_labels)} training labels drawn at random "
-              f"({c.random_label_mode}, seed {c.seed}); {(train_labels != true_labels.cpu()).float().mean():.1%} now differ "
-              f"from the truth; test labels are the true ones")
-    train_labels = train_labels.to(device)
-
-    net.freeze(c.freeze)
-    raw = net
-    micro_per_epoch = len(true_labels) // (c.batch_size * world)
-    steps_per_epoch = micro_per_epoch / c.grad_accum
-    total_iters = c.max_iters or max(1, round(c.epochs * steps_per_epoch))
-    warmup_iters = round(c.warmup_epochs * steps_per_epoch)
-    eval_every = c.eval_interval or max(1, round(steps_per_epoch))
-    peak_lr = c.lr or c.blr * c.batch_size * c.grad_accum * world / 256
-    print(f"{total_iters} steps ({steps_per_epoch:.1f} per epoch) of {c.batch_size * c.grad_accum * world} images; "
-          f"lr {peak_lr:.2e}" + ('' if c.lr else f" = blr {c.blr:g} x {c.batch_size * c.grad_accum * world} / 256")
-          + f", warmup {warmup_iters} steps, cosine to {c.min_lr:g}; eval every {eval_every} steps")
-    if not any(p.requires_grad for p in net.parameters()):
-        raise UserError(f"--freeze {c.freeze} leaves nothing to train")
-    opt = net.configure_optimizers(c.weight_decay, peak_lr, (0.9, 0.999), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16)
-    it, elapsed = 0, 0.0
-    if resuming:
-        opt.load_state_dict(ckpt['optimizer'])
-        scaler.load_state_dict(ckpt['scaler'])
-        it, elapsed = ckpt['iter'], ckpt['elapsed_s']
-        print(f"resuming {c.out_dir} at step {it}")
-    compiled = torch.compile(raw) if c.compile else raw  # evaluation uses it too (one more graph, eval mode)
-    net = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None) if ddp else compiled
-    if rank == 0:
-        os.makedirs(c.out_dir, exist_ok=True)
-        with open(os.path.join(c.out_dir, 'config.json'), 'w') as f:
-            json.dump({**vars(c), 'model_config': asdict(raw.config)}, f, indent=1)
-    if c.wandb and rank == 0:
-        try:
-            import wandb as wb
-        except ImportError:
-            raise UserError("--wandb True needs the wandb package: pip install wandb") from None
-        wb.init(project=c.wandb_project, config=vars(c))
-
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-    trainable = [p for p in raw.parameters() if p.requires_grad]
-    flops = raw.flops_per_image()
-    data = train_batches(d['train'][0], train_labels, c.batch_size, it * c.grad_accum, c.seed, rank, world, c.num_workers)
-    window = torch.zeros(2, 3, device=device)  # [since last log, since last eval] x [loss sum, correct, count]
-    stop = []  # SIGINT/SIGTERM land here; the loop stops at the next log line, between two whole steps
-
-    def on_signal(signum, frame):
-        stop.append(signum)
-        if len(stop) > 1:  # asked twice: quit now, without a checkpoint
-            raise KeyboardInterrupt
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    if c.compile:
-        print("compiling the model: the first steps take a minute or more")
-    metrics, t0, t_log = {}, time.time() - elapsed, time.time()
-    try:
-        while it < total_iters:
-            lr_now = get_lr(it, c, peak_lr, warmup_iters, total_iters)
-            for group in opt.param_groups:
-                group['lr'] = lr_now
-            torch.manual_seed(hash((c.seed, rank, it)))  # augmentation and dropout depend on (seed, rank, step) only
-            for micro in range(c.grad_accum):
-                x, y = next(data)
-                x = augment(x, c.aug, c.img_size, d['mean'], d['std'])
-                if ddp:  # all-reduce gradients on the last micro-step only
-                    net.require_backward_grad_sync = micro == c.grad_accum - 1
-                with ctx:
-                    logits = net(x).float()
-                    loss = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-                scaler.scale(loss / c.grad_accum).backward()
-                window[:, 0] += loss.detach() * len(y)
-                window[:, 1] += (logits.detach().argmax(1) == y).sum()
-                window[:, 2] += len(y)
-            if c.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(trainable, c.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            it += 1
-
-            last = it == total_iters
-            if it % c.log_interval == 0 or it % eval_every == 0 or last:
-                log = window[0].clone()
-                stopping = torch.tensor(float(bool(stop)), device=device)
-                if ddp:  # every rank sees the same loss and the same stop decision
-                    dist.all_reduce(log)
-                    dist.all_reduce(stopping)
-                (loss_sum, correct, n), stopping = log.tolist(), stopping.item() > 0
-                window[0] = 0
-                if not math.isfinite(loss_sum):
-                    raise UserError(f"loss is {loss_sum / n} at step {it}: stopped; "
-                                    + (f"{ckpt_path} keeps the last good checkpoint" if os.path.exists(ckpt_path) else
-                                       "no checkpoint was written") + "; try a lower --lr" + (" or --dtype bfloat16" * (ptdtype == torch.float16)))
-                now = time.time()
-                imgs = n / (now - t_log)
-                mfu = f" | mfu {imgs / world * flops / (c.peak_tflops * 1e12):.1%}" if device.type == 'cuda' else ''
-                eta = (total_iters - it) * c.batch_size * c.grad_accum * world / imgs
-                print(f"step {it}/{total_iters} (epoch {it / steps_per_epoch:.2f}) | loss {loss_sum / n:.4f} | "
-                      f"acc {correct / n:.1%} | lr {lr_now:.2e} | {imgs:.0f} img/s{mfu} | eta {int(eta // 3600)}:{time.strftime('%M:%S', time.gmtime(eta))}")
-                t_log = now
-                if it % eval_every == 0 or last or stopping:
-                    metrics = dict(iter=it, epoch=round(it / steps_per_epoch, 4), lr=lr_now)
-                    if ddp:
-                        dist.all_reduce(window[1])
-                    (loss_sum, correct, n), window[1] = window[1].tolist(), 0
-                    metrics['train_loss'], metrics['train_acc'] = loss_sum / n, correct / n
-                    metrics['test_loss'], metrics['test_acc'] = evaluate(compiled, d, c, ctx, rank, world)
-                    metrics['elapsed_s'] = round(time.time() - t0, 2)
-                    print(f"eval step {it}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.1%} "
-                          f"(on the labels trained on) | test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%}"
-                          f" | saved {ckpt_path}")
-                    if rank == 0:
-                        save_checkpoint(ckpt_path, dict(model=raw.state_dict(), model_config=asdict(raw.config),
-                                                        optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                                                        config=vars(c), iter=it, elapsed_s=metrics['elapsed_s'],
-                                                        train_labels=train_labels.cpu(), metrics=metrics))
-                        with open(os.path.join(c.out_dir, 'metrics.jsonl'), 'a') as f:
-                            f.write(json.dumps(metrics) + '\n')
-                        if c.wandb:
-                            wb.log(metrics, step=it)
-                if stopping:
-                    print(f"stopped by signal at step {it}; continue with: python bridge.py --stage {c.stage} "
-                          f"--out_dir {c.out_dir} --init_from resume")
-                    break
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return metrics
+        print(f"loaded the run in {c.out_dir} at step {ckpt['iter']}")
+        return init_model(c.out_dir, c.seed, {}, source=ckpt, new_head=False), ckpt['start']
+    image = dict(vocab_size=0, n_classes=len(classes), img_size=c.img_size,
+                 patch_size=c.patch_size, dropout=c.dropout)
+    new_head = ckpt is None or c.reinit_head or ckpt['data']['classes'] != classes
+    new_head = new_head and c.stage != 'eval'
+    net = init_model(c.init_from, c.seed, image, c.model, ckpt, new_head)
+    mc = net.config
+    shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} heads"
+    if c.init_from == 'scratch':
+        print(f"scratch: GPT-2 {shape} ({c.model}), GPT-2's random init")
+    elif ckpt:
+        print(f"loaded {c.init_from}: step {ckpt['iter']} of a {ckpt['config']['stage']} run; "
+              f"{shape}; {mc.img_size}px images in {mc.patch_size}px patches"
+              + f"; a new head for {len(classes)} classes" * new_head)
+    return net, dict(weights=weights_hash(net), new_head=new_head)
 
 
 if __name__ == '__main__':
-    try:
-        main(sys.argv[1:])
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -1,92 +1,178 @@
 """
-Images for bridge training: datasets kept on the training device as uint8 and augmented there a batch at a
-time (as airbench does), and the paper's random labels.
+Images for bridge training: datasets kept on the training device as uint8 and augmented there a batch
+at a time (as airbench does), and the paper's random labels.
 
-  load_dataset('cifar10', 'data', img_size=224, device='cuda')   -> train/test images and labels on the GPU
-  random_labels(labels, 10, fraction=1.0, seed=0)                -> the bridge stage's labels
-  train_batches(...) / eval_batches(...)                         -> (uint8 images, labels) batches
-  augment(images, 'rrc', 224, mean, std)                         -> normalized float images for the model
+  load_dataset('cifar10', 'data', img_size=224, device='cuda')  -> images and labels on the GPU
+  random_labels(labels, 10, fraction=1.0, seed=0)               -> the bridge stage's labels
+  train_batches(...) / eval_batches(...)                        -> (uint8 images, labels) batches
+  augment(images, 'rrc', 224, mean, std)                        -> normalized float images
 
-Folders too large for memory (ImageNet) stream through a DataLoader instead; either way a batch reaches
-`augment` as uint8 on the device, so every dataset gets the same GPU augmentation.
+Folders too large for memory (ImageNet) stream through DataLoader workers instead; either way a batch
+reaches `augment` as uint8 on the device, so every dataset gets the same GPU augmentation.
 """
+import hashlib
 import math
 import os
 import urllib.error
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from model import UserError
+from configurator import UserError
 
 # per-channel mean and std: the CIFAR values of the paper's code; ImageNet's for image folders
 NORMALIZE = {'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
              'folder': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 CIFAR = {'cifar10': torchvision.datasets.CIFAR10, 'cifar100': torchvision.datasets.CIFAR100}
-LAYOUT = "DATA_DIR/train/<class>/<image>, DATA_DIR/val/<class>/<image> (same class folders in both)"
+LAYOUT = "DATA_DIR/train/<class>/<image>, DATA_DIR/val/<class>/<image> (the same classes in both)"
+
+
+def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None):
+    """-> dict(train=(images, labels), test=(images, labels), classes, mean, std, fingerprint), on
+    the device. A folder whose uint8 copy exceeds memory_gb (default: a quarter of the device's
+    memory) stays a dataset that streams from disk."""
+    device = torch.device(device)
+    budget = memory_budget(device) if memory_gb is None else memory_gb
+    if name in CIFAR:
+        (xtr, ytr, classes), (xte, yte, _) = cifar(name, data_dir, True), cifar(name, data_dir, False)
+    else:
+        train, val = (os.path.join(data_dir, split) for split in ('train', 'val'))
+        xtr, ytr, classes = image_folder(train, img_size, budget, num_workers)
+        xte, yte, val_classes = image_folder(val, img_size, budget, num_workers)
+        if val_classes != classes:
+            raise UserError(f"{data_dir}: train and val hold different class folders; expected {LAYOUT}")
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
+                 for v in NORMALIZE['cifar' if name in CIFAR else 'folder'])
+    stored = 'x'.join(map(str, xte.shape[-2:])) if isinstance(xte, torch.Tensor) else 'streamed'
+    print(f"{name}: {len(ytr)} train / {len(yte)} test images, {len(classes)} classes, stored "
+          f"{stored} on {device}, trained at {img_size}x{img_size} (resized a batch at a time)")
+    on_device = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
+    return dict(train=(on_device(xtr), ytr.to(device)), test=(on_device(xte), yte.to(device)),
+                classes=classes, mean=mean, std=std, fingerprint=fingerprint(classes, ytr, yte))
+
+
+def memory_budget(device):
+    """GB of uint8 images a dataset may keep on device: a quarter of its memory (RAM off CUDA)."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_properties(device).total_memory / 4e9
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4e9
+
+
+def fingerprint(classes, train_labels, test_labels):
+    """What identifies a dataset in a checkpoint: class names, image counts, a hash of the labels."""
+    labels = torch.cat([train_labels, test_labels]).to(torch.int64).numpy().tobytes()
+    return dict(classes=list(classes), train=len(train_labels), test=len(test_labels),
+                labels=hashlib.sha256(labels).hexdigest()[:16])
 
 
 def cifar(name, data_dir, train):
-    """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 images (N, 3, 32, 32), labels (N,)."""
+    """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 (N, 3, 32, 32), labels."""
     cls = CIFAR[name]
     try:
-        ds = cls(data_dir, train=train, download=True)  # checks the files, downloads only if they are missing
+        ds = cls(data_dir, train=train, download=True)  # checks the files, downloads only if missing
     except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise UserError(f"cannot get {name} into {data_dir} ({str(e).splitlines()[0][:120]}); offline? put {cls.filename} "
-                        f"(from {cls.url}) or its extracted {cls.base_folder}/ into {data_dir}") from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+        raise UserError(f"cannot get {name} into {data_dir} ({str(e).splitlines()[0][:120]}); "
+                        f"offline? put {cls.filename} (from {cls.url}) or its extracted "
+                        f"{cls.base_folder}/ into {data_dir}") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
     return images, torch.tensor(ds.targets), ds.classes
 
 
-def image_folder(data_dir, split, img_size, memory_gb, num_workers):
-    """DATA_DIR/<split>/<class>/* -> (uint8 images (N, 3, S, S) or, when too large for memory, the dataset
-    itself to stream), labels (N,), class names. Images are resized (shorter side) and center-cropped to
-    S = min(img_size, the first image's shorter side): small images are not upsampled before augmentation."""
-    root = os.path.join(data_dir, split)
-    try:
-        ds = torchvision.datasets.ImageFolder(root)
-    except (FileNotFoundError, OSError) as e:
-        raise UserError(f"no image folder at {root} ({str(e).splitlines()[0][:120]}); expected {LAYOUT}") from None
-    side = min(img_size, *ds.loader(ds.samples[0][0]).size)
-    ds.transform = transforms.Compose([transforms.Resize(side, interpolation=transforms.InterpolationMode.BICUBIC),
-                                       transforms.CenterCrop(side), transforms.PILToTensor()])
-    labels, gb = torch.tensor(ds.targets), len(ds) * 3 * side * side / 1e9
-    if gb > memory_gb:
-        print(f"{root}: {len(ds)} images at {side}x{side} ({gb:.1f} GB > memory_gb {memory_gb}): streaming from disk")
-        return ds, labels, ds.classes
-    print(f"{root}: decoding {len(ds)} images at {side}x{side} into memory ({gb:.2f} GB)")
-    loader = DataLoader(ds, batch_size=256, num_workers=num_workers)
-    return torch.cat([x for x, _ in loader]), labels, ds.classes
+# ----------------------------------------------------------------------------- image folders
+def image_folder(root, side, budget_gb, num_workers):
+    """DATA_DIR/<split> -> (uint8 images (N, 3, side, side), or the Images dataset to stream when
+    they exceed budget_gb), labels (N,), class names. Every file is opened before anything trains:
+    the unreadable ones are named together, in one line."""
+    samples, classes = scan(root)
+    gb = len(samples) * 3 * side * side / 1e9
+    stream = gb > budget_gb
+    print(f"{root}: {'checking' if stream else 'decoding'} {len(samples)} images at {side}x{side} "
+          f"({gb:.2f} GB: {'streamed' if stream else 'kept'}, budget {budget_gb:.1f} GB)")
+    loader = DataLoader(Images(samples, side, header_only=stream), batch_size=256,
+                        num_workers=num_workers)
+    images, ok = zip(*loader)  # each batch: (images, readable?)
+    bad = [samples[i][0] for i in torch.cat(ok).logical_not().nonzero().flatten().tolist()]
+    if bad:
+        raise UserError(f"{len(bad)} unreadable image file{'s' * (len(bad) > 1)} in {root}: "
+                        f"{', '.join(bad[:3])}{', ...' * (len(bad) > 3)}")
+    labels = torch.tensor([k for _, k in samples])
+    return (Images(samples, side) if stream else torch.cat(images)), labels, classes
 
 
-def load_dataset(name, data_dir, img_size, device, memory_gb=16.0, num_workers=4):
-    """-> dict(train=(images, labels), test=(images, labels), classes, mean, std), all on the device
-    (images stay a streaming dataset for folders larger than memory_gb)."""
-    if name in CIFAR:
-        (xtr, ytr, classes), (xte, yte, _) = cifar(name, data_dir, True), cifar(name, data_dir, False)
-    elif name == 'folder':
-        (xtr, ytr, classes), (xte, yte, val_classes) = (image_folder(data_dir, s, img_size, memory_gb, num_workers)
-                                                        for s in ('train', 'val'))
-        if val_classes != classes:
-            raise UserError(f"{data_dir}: train and val hold different class folders; expected {LAYOUT}")
-    else:
-        raise UserError(f"unknown dataset '{name}': use cifar10, cifar100 or folder")
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in NORMALIZE['folder' if name == 'folder' else 'cifar'])
-    on_device = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x
-    shape = 'x'.join(map(str, xtr.shape[-2:])) if isinstance(xtr, torch.Tensor) else 'streamed'
-    print(f"{name}: {len(ytr)} train / {len(yte)} test images ({shape}), {len(classes)} classes, on {device}")
-    return dict(train=(on_device(xtr), ytr.to(device)), test=(on_device(xte), yte.to(device)),
-                classes=classes, mean=mean, std=std)
+def scan(root):
+    """DATA_DIR/<split>/<class>/**/<image> -> ([(path, class index)], class names), sorted. Links
+    are followed once: one that leads back into a folder already walked (a loop) is skipped."""
+    if not os.path.isdir(root):
+        raise UserError(f"no image folder at {root}; expected {LAYOUT}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise UserError(f"{root} holds no class folders; expected {LAYOUT}")
+    samples = []
+    for k, name in enumerate(classes):
+        top, seen, found = os.path.realpath(os.path.join(root, name)), set(), []
+        for folder, subfolders, files in os.walk(os.path.join(root, name), followlinks=True):
+            subfolders.sort()
+            real = os.path.realpath(folder)
+            if real in seen or top.startswith(real + os.sep):  # a link into itself or up: a loop
+                subfolders.clear()
+                continue
+            seen.add(real)
+            found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+        if not found:
+            raise UserError(f"class folder {os.path.join(root, name)} holds no images "
+                            f"({' '.join(IMG_EXTENSIONS)})")
+        samples += [(path, k) for path in sorted(found)]
+    return samples, classes
 
 
+class Images(torch.utils.data.Dataset):
+    """samples[i] -> (uint8 (3, side, side), True), or (zeros, False) for a file that cannot be
+    decoded, so that bad files are reported together (header_only: open the file, decode nothing)."""
+
+    def __init__(self, samples, side, header_only=False):
+        self.samples, self.side, self.header_only = samples, side, header_only
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        try:
+            if self.header_only:
+                Image.open(self.samples[i][0]).close()
+                return torch.zeros(0, dtype=torch.uint8), True
+            return decode(self.samples[i][0], self.side), True
+        except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
+            return torch.zeros((0,) if self.header_only else (3, self.side, self.side),
+                               dtype=torch.uint8), False
+
+
+def decode(path, side):
+    """An image file -> uint8 (3, side, side): its central square, resized (bicubic). The least work
+    on the CPU: a large JPEG is decoded at 1/2, 1/4 or 1/8 scale when that still covers side.
+    16-bit images keep their top 8 bits (convert('RGB') would clip them to black and white)."""
+    with Image.open(path) as img:
+        img.draft('RGB', (side, side))
+        if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):
+            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+        img = img.convert('RGB')
+        w, h = img.size
+        s = min(w, h)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+        img = img.resize((side, side), Image.Resampling.BICUBIC, box=box)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+# ----------------------------------------------------------------------------- the paper's labels
 def random_labels(labels, n_classes, fraction, seed, wrong=False):
-    """The bridge stage's labels: a seeded, fixed choice of round(fraction * N) training examples gets a label
-    drawn uniformly from all classes, independent of the true one (so the stage needs no labels at all).
-    wrong=True draws from the other n_classes - 1 classes instead, as the first author's code does
-    (every chosen label is then guaranteed wrong). Same seed -> same labels, on every rank."""
+    """The bridge stage's labels: a seeded, fixed choice of round(fraction * N) training examples
+    gets a label drawn uniformly from all classes, independent of the true one (so the stage needs
+    no labels at all). wrong=True draws from the other n_classes - 1 classes instead, as the first
+    author's code does (every chosen label is then wrong). Same seed -> same labels on every rank."""
     if not 0.0 <= fraction <= 1.0:
         raise UserError(f"random label fraction {fraction} is not in [0, 1]")
     g = torch.Generator().manual_seed(seed)
@@ -94,71 +180,86 @@ def random_labels(labels, n_classes, fraction, seed, wrong=False):
     chosen = torch.randperm(len(labels), generator=g)[:round(fraction * len(labels))]
     new = labels.clone()
     if wrong:  # true + 1..C-1 (mod C): uniform over the other classes
-        new[chosen] = (labels[chosen] + torch.randint(1, n_classes, (len(chosen),), generator=g)) % n_classes
+        shift = torch.randint(1, n_classes, (len(chosen),), generator=g)
+        new[chosen] = (labels[chosen] + shift) % n_classes
     else:
         new[chosen] = torch.randint(0, n_classes, (len(chosen),), generator=g)
     return new
 
 
+# ----------------------------------------------------------------------------- batches
 def batches(images, labels, order, num_workers=0):
-    """Yields (uint8 images (B, 3, h, w) on the device, labels (B,)) for each 1-D CPU index tensor in order."""
+    """Yields (uint8 images (B, 3, h, w) on the device, labels (B,)) for each CPU index tensor."""
     device = labels.device
-    on_device = torch.cat(order).to(device).split([len(i) for i in order])  # one copy per pass, not one per step
+    on_device = torch.cat(order).to(device).split([len(i) for i in order])  # one copy per pass
     if isinstance(images, torch.Tensor):  # already on the device: a gather per batch, no host sync
         for idx in on_device:
             yield images[idx], labels[idx]
-    else:  # a folder too large for memory: DataLoader workers decode, pinned memory copies asynchronously
-        loader = DataLoader(images, batch_sampler=[i.tolist() for i in order], num_workers=num_workers,
-                            pin_memory=device.type == 'cuda')
-        for (x, _), idx in zip(loader, on_device):
-            yield x.to(device, non_blocking=True), labels[idx]
+        return
+    # a folder too large for memory: workers decode, pinned memory copies asynchronously
+    loader = DataLoader(images, batch_sampler=[i.tolist() for i in order], num_workers=num_workers,
+                        pin_memory=device.type == 'cuda')
+    for (x, ok), idx, cpu_idx in zip(loader, on_device, order):
+        if not ok.all():
+            raise UserError(f"cannot decode {images.samples[cpu_idx[~ok][0]][0]}")
+        yield x.to(device, non_blocking=True), labels[idx]
 
 
 def train_batches(images, labels, batch_size, start=0, seed=0, rank=0, world=1, num_workers=0):
-    """Micro-batches forever, from micro-batch number `start` on. Each epoch is a seeded permutation, the same
-    on every rank; rank r takes every world-th example of it. Position = (seed, start) only, so a resumed run
-    sees exactly the batches an uninterrupted one would."""
-    per_epoch = len(labels) // (batch_size * world)
-    if per_epoch == 0:
-        raise UserError(f"batch_size {batch_size} x {world} processes exceeds the {len(labels)} training images")
+    """Micro-batches forever, from micro-batch number `start` on. Each epoch is a seeded permutation,
+    the same on every rank; rank r takes every world-th example of it. The position depends on
+    (seed, start) only, so a resumed run sees exactly the batches an uninterrupted one would."""
+    per_epoch = steps_per_epoch(len(labels), batch_size, world)
     epoch, i = divmod(start, per_epoch)
     while True:
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1_000_003 * seed + epoch))
-        order = order[rank::world][:per_epoch * batch_size].view(per_epoch, batch_size)  # (steps, B)
+        g = torch.Generator().manual_seed(1_000_003 * seed + epoch)
+        order = torch.randperm(len(labels), generator=g)[rank::world]
+        order = order[:per_epoch * batch_size].view(per_epoch, batch_size)  # (steps, B)
         yield from batches(images, labels, list(order[i:]), num_workers)
         epoch, i = epoch + 1, 0
 
 
+def steps_per_epoch(n, batch_size, world=1):
+    """Whole micro-batches of batch_size per process in one pass over n examples."""
+    if batch_size * world > n:
+        raise UserError(f"--batch_size {batch_size} x {world} processes exceeds the {n} training "
+                        f"images")
+    return n // (batch_size * world)
+
+
 def eval_batches(images, labels, batch_size, rank=0, world=1, num_workers=0):
     """The whole split once, in order; rank r takes every world-th example."""
-    return batches(images, labels, list(torch.arange(rank, len(labels), world).split(batch_size)), num_workers)
+    order = list(torch.arange(rank, len(labels), world).split(batch_size))
+    return batches(images, labels, order, num_workers)
 
 
 def augment(images, aug, img_size, mean, std):
-    """uint8 (B, 3, h, w) on the device -> normalized float (B, 3, img_size, img_size), one grid_sample per batch.
-    aug: 'rrc' = RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3) + horizontal flip (the paper's code), 'crop' =
-    random crop with 4 pixels of zero padding + flip (the CIFAR classic), 'none'/'eval' = resize only.
-    Each image gets its own affine map from output to input coordinates (both in [-1, 1]):
-    x_in = sx * x_out + tx, y_in = sy * y_out + ty; a negative sx flips. Randomness: the default generator."""
+    """uint8 (B, 3, h, w) on the device -> normalized float (B, 3, img_size, img_size), one
+    grid_sample per batch. aug: 'rrc' = RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3) + horizontal
+    flip (the paper's code), 'crop' = random crop with 4 pixels of zero padding + flip (the CIFAR
+    classic), 'none'/'eval' = resize only. Each image gets its own affine map from output to input
+    coordinates (both in [-1, 1]): x_in = sx * x_out + tx, y_in = sy * y_out + ty; sx < 0 flips."""
     B, dev = images.size(0), images.device
     theta = torch.zeros(B, 2, 3, device=dev)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
     if aug in ('rrc', 'crop'):
         flip = torch.where(torch.rand(B, device=dev) < 0.5, -1.0, 1.0)
-        if aug == 'rrc':  # crop area and aspect ratio as torchvision samples them; an oversize side is clamped
-            area = torch.empty(B, device=dev).uniform_(0.2, 1.0)
-            ratio = torch.empty(B, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
-            w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # fractions of the side
-            theta[:, 0, 0], theta[:, 1, 1] = w * flip, h
-            theta[:, 0, 2] = (torch.rand(B, device=dev) * 2 - 1) * (1 - w)  # crop center, inside the image
-            theta[:, 1, 2] = (torch.rand(B, device=dev) * 2 - 1) * (1 - h)
-        else:  # shift by -4..4 whole source pixels; outside the image is black (zero padding)
-            shift = torch.randint(-4, 5, (B, 2), device=dev).float()
-            theta[:, 0, 0] = flip
-            theta[:, 0, 2], theta[:, 1, 2] = 2 * shift[:, 0] / images.size(3), 2 * shift[:, 1] / images.size(2)
+    if aug == 'rrc':  # crop area and aspect ratio as torchvision samples them; a side > 1 is clamped
+        area = torch.empty(B, device=dev).uniform_(0.2, 1.0)
+        ratio = torch.empty(B, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
+        w = (area * ratio).sqrt().clamp(max=1.0)  # fractions of the side
+        h = (area / ratio).sqrt().clamp(max=1.0)
+        theta[:, 0, 0], theta[:, 1, 1] = w * flip, h
+        theta[:, 0, 2] = (torch.rand(B, device=dev) * 2 - 1) * (1 - w)  # crop center, inside
+        theta[:, 1, 2] = (torch.rand(B, device=dev) * 2 - 1) * (1 - h)
+    elif aug == 'crop':  # shift by -4..4 whole source pixels; outside the image is black
+        shift = torch.randint(-4, 5, (B, 2), device=dev).float()
+        theta[:, 0, 0] = flip
+        theta[:, 0, 2] = 2 * shift[:, 0] / images.size(3)
+        theta[:, 1, 2] = 2 * shift[:, 1] / images.size(2)
     elif aug not in ('none', 'eval'):
         raise UserError(f"unknown aug '{aug}': use rrc, crop or none")
     x = images.float() / 255
-    grid = F.affine_grid(theta, [B, 3, img_size, img_size], align_corners=False)  # (B, img, img, 2)
+    grid = F.affine_grid(theta, [B, 3, img_size, img_size], align_corners=False)  # (B, S, S, 2)
     x = F.grid_sample(x, grid, mode='bicubic', padding_mode='zeros', align_corners=False)
     return (x - mean) / std

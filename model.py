@@ -1,21 +1,21 @@
 """
 GPT-2, exactly as OpenAI trained it, with an image path bolted on in front.
 
-Text:   token ids -> wte + wpe -> blocks -> ln_f -> logits (tied to wte)      (GPT-2 itself)
-Images: image -> Conv2d patches -> + wpe -> the same blocks -> ln_f -> pool -> head (the paper)
+Text:   token ids -> wte + wpe -> blocks -> ln_f -> logits (tied to wte)             (GPT-2 itself)
+Images: image -> Conv2d patches -> + wpe -> the same blocks -> ln_f -> pool -> head   (the paper)
 
 The image path is what the paper (Luo & Shen, TMLR 2026) trains: the author's code feeds patch tokens
 to HF GPT2Model through `inputs_embeds`, so GPT-2's learned position table wpe is added, attention
 stays causal, and the LAST token (the only one that sees every patch) feeds the classifier.
 Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps keys one to one.
-Run `python model.py gpt2 "Hello, I'm a language model,"` to check that the weights are really GPT-2.
+Run `python model.py gpt2 "Hello, I'm a language model,"` to check that the weights are GPT-2.
 """
+import hashlib
 import inspect
 import json
 import math
 import os
 import re
-import sys
 import urllib.error
 from dataclasses import dataclass
 
@@ -23,24 +23,22 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-
-class UserError(Exception):
-    """A mistake in what the user asked for (bad flag, file, spec). The CLIs print it as one line."""
+from configurator import UserError, run_cli
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024    # positions in wpe: tokens per sequence (patches per image) at most
-    vocab_size: int = 50257   # 0 = image-only model: no wte at all (no memory, no optimizer state)
+    block_size: int = 1024   # positions in wpe: tokens (patches) per sequence at most
+    vocab_size: int = 50257  # 0 = image-only model: no wte at all (no memory, no optimizer state)
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.0      # GPT-2 trained with 0.1 (embd, attn, resid); the paper's code keeps it
-    n_classes: int = 0        # > 0 adds the image path: patch embedding + classification head
-    img_size: int = 224       # images are img_size x img_size ...
-    patch_size: int = 16      # ... cut into (img_size // patch_size)**2 patch tokens
-    pool: str = 'last'        # 'last' token (paper's code, FPT; the only one that sees all patches) or 'mean'
-    causal: bool = True       # GPT-2's causal mask (paper's code); False = bidirectional attention
+    dropout: float = 0.0     # GPT-2 trained with 0.1 (embd, attn, resid); the paper's code keeps it
+    n_classes: int = 0       # > 0 adds the image path: patch embedding + classification head
+    img_size: int = 224      # images are img_size x img_size ...
+    patch_size: int = 16     # ... cut into (img_size // patch_size)**2 patch tokens
+    pool: str = 'last'       # 'last' token (the paper's code, FPT: it sees all patches) or 'mean'
+    causal: bool = True      # GPT-2's causal mask (the paper's code); False: bidirectional
 
 
 # the four checkpoints OpenAI released; a single weights file is recognised by its width
@@ -56,6 +54,9 @@ WEIGHTS_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/model
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # keys in GPT-2 checkpoints that are not parameters: causal-mask buffers and the tied output layer
 IGNORED = re.compile(r'(^|\.)(attn\.bias|attn\.masked_bias)$|^lm_head\.weight$')
+# dense bf16 peak FLOP/s of the GPUs MFU is reported for (SXM parts); on others it is not printed
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+FREEZABLE = ('wpe', 'ln_f', 'patch', 'head')  # the parts outside the blocks that --freeze can name
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,18 +64,21 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v, heads contiguous in each
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v, heads contiguous
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout, self.causal = config.n_head, config.n_embd, config.dropout, config.causal
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.dropout, self.causal = config.dropout, config.causal
 
     def forward(self, x):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        # flash attention on CUDA under bf16/fp16 (no explicit mask, head size 64): never builds the T x T matrix
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
+        # (B, T, C) -> (B, nh, T, hs): one attention per head
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # flash attention on CUDA under bf16/fp16 (no explicit mask, head size 64): no T x T matrix
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -87,7 +91,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new"); exact erf GELU shifts every logit
+        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new"); erf GELU shifts logits
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
 
 
@@ -118,14 +122,8 @@ class GPT(nn.Module):
         ))
         if config.vocab_size:  # text: the output layer is wte itself (weight tying), see lm_logits
             self.transformer.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        if config.n_classes:  # images: a patch is a token; Conv2d with kernel = stride = patch is a per-patch Linear
-            if config.img_size % config.patch_size:
-                raise UserError(f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}")
-            if self.n_patches > config.block_size:
-                raise UserError(f"{self.n_patches} patches ({config.img_size}/{config.patch_size})^2 exceed GPT-2's "
-                                f"{config.block_size} positions: use a larger patch_size or smaller img_size")
-            if config.pool not in ('last', 'mean'):
-                raise UserError(f"pool '{config.pool}' is not one of: last, mean")
+        if config.n_classes:  # images: Conv2d with kernel = stride = patch is a per-patch Linear
+            check_image_config(config)
             self.patch = nn.Conv2d(3, config.n_embd, config.patch_size, stride=config.patch_size)
             self.head = nn.Linear(config.n_embd, config.n_classes)
         # GPT-2's initialization; from_pretrained overwrites all but the image parts
@@ -141,7 +139,7 @@ class GPT(nn.Module):
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.Conv2d):  # the patch embedding, initialized as in MAE/timm (the paper's code)
+        elif isinstance(module, nn.Conv2d):  # the patch embedding, as in MAE/timm (the paper's code)
             torch.nn.init.xavier_uniform_(module.weight.view(module.weight.size(0), -1))
         if getattr(module, 'bias', None) is not None and not isinstance(module, nn.LayerNorm):
             torch.nn.init.zeros_(module.bias)
@@ -151,19 +149,19 @@ class GPT(nn.Module):
         """(B, T, C) token embeddings -> (B, T, C) hidden states: + wpe[0:T], the blocks, ln_f."""
         T = x.size(1)
         if T > self.config.block_size:
-            raise UserError(f"sequence of {T} tokens exceeds GPT-2's {self.config.block_size} positions")
+            raise UserError(f"{T} tokens exceed GPT-2's {self.config.block_size} positions")
         x = self.transformer.drop(x + self.transformer.wpe.weight[:T])
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
 
     def patch_tokens(self, images):
-        """(B, 3, H, W) normalized images -> (B, T, C) patch tokens in row-major order (top-left first)."""
+        """(B, 3, H, W) normalized images -> (B, T, C) patch tokens, row-major (top-left first)."""
         x = self.patch(images)                # (B, C, H/p, W/p)
         return x.flatten(2).transpose(1, 2)   # (B, T=(H/p)*(W/p), C)
 
     def features(self, images):
-        """(B, 3, H, W) -> (B, C) pooled image features (what the head sees; used for probes and t-SNE)."""
+        """(B, 3, H, W) -> (B, C) pooled features (what the head sees; for probes and t-SNE)."""
         h = self.body(self.patch_tokens(images))
         return h[:, -1] if self.config.pool == 'last' else h.mean(dim=1)
 
@@ -177,127 +175,125 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after the (B, T) prompt idx; top_k keeps only the k likeliest tokens."""
+        """Sample max_new_tokens after the (B, T) prompt idx; top_k keeps the k likeliest tokens."""
         for _ in range(max_new_tokens):
             logits = self.lm_logits(idx[:, -self.config.block_size:])[:, -1, :] / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float('Inf')
-            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+            next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_id), dim=1)
         return idx
 
     # ---------------------------------------------------------------- partial bridge training
     def freeze(self, spec):
-        """Freeze exactly the parts named by spec, unfreeze the rest, print what was frozen.
-
-        spec: comma-separated items. 'A-B' = blocks A..B-1 (half-open like range(A, B); '0-5' = the first
-        five blocks, the paper's partial bridge setting), 'N' = block N, 'wpe', 'ln_f', 'patch', 'head',
-        'all' (every block + wpe + ln_f: the whole language model), or 'none' alone.
-        """
-        n, names = self.config.n_layer, [m for m in ('wpe', 'ln_f', 'patch', 'head') if hasattr(self, m) or m in self.transformer]
-        help = (f"use block ranges A-B (blocks A..B-1, 0 <= A < B <= {n}) or single blocks N < {n}, "
-                f"and/or {', '.join(names + ['all'])}; or 'none' alone")
-        items = [s.strip() for s in str(spec).split(',')]
-        blocks, parts = set(), set()
-        for item in items:
-            m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)
-            if m and m.group(2) is None and int(m.group(1)) < n:
-                blocks.add(int(m.group(1)))
-            elif m and m.group(2) is not None and int(m.group(1)) < int(m.group(2)) <= n:
-                blocks.update(range(int(m.group(1)), int(m.group(2))))
-            elif item in names:
-                parts.add(item)
-            elif item == 'all':
-                blocks.update(range(n)); parts.update(('wpe', 'ln_f'))
-            elif not (item == 'none' and len(items) == 1):
-                raise UserError(f"bad --freeze item '{item}' in '{spec}': {help}")
+        """Freeze exactly the parts that spec names (see freeze_spec), unfreeze the rest, print it."""
+        names = [m for m in FREEZABLE if hasattr(self, m) or m in self.transformer]
+        blocks, parts = freeze_spec(spec, self.config.n_layer, names)
         for name, p in self.named_parameters():
-            part = name.split('.')[1] if name.startswith('transformer.') else name.split('.')[0]
-            p.requires_grad = not (part in parts or (part == 'h' and int(name.split('.')[2]) in blocks))
+            where = name.removeprefix('transformer.').split('.')  # ['h', '3', ...] or ['wpe', ...]
+            p.requires_grad = not (where[0] in parts or where[0] == 'h' and int(where[1]) in blocks)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
-        what = ([f"blocks {compact(sorted(blocks))} ({len(blocks)} of {n})"] if blocks else []) + sorted(parts)
-        print(f"freeze: {', '.join(what) or 'nothing'}; {frozen / 1e6:.2f}M of {total / 1e6:.2f}M parameters frozen, "
+        what = [f"blocks {compact(sorted(blocks))} ({len(blocks)} of {self.config.n_layer})"]
+        print(f"freeze: {', '.join(what * bool(blocks) + sorted(parts)) or 'nothing'}; "
+              f"{frozen / 1e6:.2f}M of {total / 1e6:.2f}M parameters frozen, "
               f"{(total - frozen) / 1e6:.2f}M trainable")
 
     # ---------------------------------------------------------------- loading OpenAI's weights
     @classmethod
     def from_pretrained(cls, source, **overrides):
-        """GPT-2 with OpenAI's weights. source: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' (downloaded once),
-        a directory in HF layout (config.json + model.safetensors or pytorch_model.bin), or a single
-        .safetensors/.bin file of an official width (architecture inferred from the shapes).
-        overrides: GPTConfig fields that are not in the checkpoint (n_classes, img_size, ..., vocab_size=0)."""
-        assert set(overrides) <= {'vocab_size', 'dropout', 'n_classes', 'img_size', 'patch_size', 'pool', 'causal'}
-        hf = {}  # config.json, when there is one
-        if source in OFFICIAL:
-            path = download(source)
-        elif os.path.isdir(source):
-            files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(source, f))]
-            if not files or not os.path.exists(os.path.join(source, 'config.json')):
-                raise UserError(f"{source} is not a GPT-2 checkpoint directory: expected config.json and "
-                                f"model.safetensors or pytorch_model.bin in it")
-            with open(os.path.join(source, 'config.json')) as f:
-                hf = json.load(f)
-            if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
-                raise UserError(f"{source}: activation {hf['activation_function']} is not GPT-2's tanh GELU")
-            path = os.path.join(source, files[0])
-        elif os.path.isfile(source):
-            path = source
-        else:
-            raise UserError(f"no weights '{source}': use one of {', '.join(OFFICIAL)}, a checkpoint directory, or a "
-                            f".safetensors/.bin file")
-        sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items() if not IGNORED.search(k)}
-        for key in ('wte.weight', 'wpe.weight'):
-            if key not in sd:
-                raise UserError(f"{path} is not a GPT-2 checkpoint: missing key {key}")
-        n_embd = sd['wpe.weight'].shape[1]
-        if not hf and n_embd not in HEADS_BY_WIDTH:
-            raise UserError(f"{path}: width {n_embd} is not an official GPT-2 size ({sorted(HEADS_BY_WIDTH)}); "
-                            f"pass a directory with config.json for other sizes")
-        arch = dict(block_size=hf.get('n_positions', sd['wpe.weight'].shape[0]), vocab_size=hf.get('vocab_size', sd['wte.weight'].shape[0]),
-                    n_layer=hf.get('n_layer', 1 + max([int(k.split('.')[1]) for k in sd if k.startswith('h.')], default=-1)),
-                    n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)), n_embd=hf.get('n_embd', n_embd))
-        config = GPTConfig(**{**arch, **overrides})
+        """GPT-2 with OpenAI's weights. source: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+        (downloaded once), a directory in HF layout (config.json + model.safetensors or
+        pytorch_model.bin), or one .safetensors/.bin file of an official width (shapes give the rest).
+        overrides: GPTConfig fields the checkpoint does not have (n_classes, img_size, vocab_size=0...)."""
+        path, hf = locate(source)
+        sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items()
+              if not IGNORED.search(k)}
+        config = GPTConfig(**{**shape_of(sd, hf, path), **overrides})
         if config.n_embd % config.n_head:
             raise UserError(f"{source}: n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
         model = cls(config)
-        ours = {k.removeprefix('transformer.'): v for k, v in model.state_dict().items() if k.startswith('transformer.')}
-        skipped = {'wte.weight'} - ours.keys()  # image-only model: the token embedding is not kept
-        missing, unexpected = sorted(ours.keys() - sd.keys()), sorted(sd.keys() - ours.keys() - skipped)
-        if missing or unexpected:
-            raise UserError(f"{path} does not fit GPT-2 {config.n_layer}x{config.n_embd}: "
-                            + '; '.join(f"{what} key{'s' * (len(keys) > 1)} {', '.join(keys[:3])}" + ('...' * (len(keys) > 3))
-                                        for what, keys in (('missing', missing), ('unexpected', unexpected)) if keys))
+        ours = {k.removeprefix('transformer.'): v for k, v in model.state_dict().items()
+                if k.startswith('transformer.')}
+        skipped = {'wte.weight'} - ours.keys()  # an image model keeps no token embedding
+        where = f"{path} does not fit GPT-2 {config.n_layer}x{config.n_embd}"
+        check_keys(where, missing=ours.keys() - sd.keys(), unexpected=sd.keys() - ours.keys() - skipped)
         with torch.no_grad():
             for k, dst in ours.items():
-                w = sd[k].t() if k.endswith(CONV1D) else sd[k]
+                w = sd[k].t() if k.endswith(CONV1D) else sd[k]  # Conv1D [in, out] -> Linear [out, in]
                 if w.shape != dst.shape:
-                    raise UserError(f"{path}: shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, "
-                                    f"GPT-2 {config.n_layer}x{config.n_embd} needs {tuple(dst.shape)}"
-                                    + (' (transposed Conv1D)' if k.endswith(CONV1D) else ''))
+                    raise UserError(f"{where}: shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, "
+                                    f"needs {tuple(dst.shape)}{' transposed' * k.endswith(CONV1D)}")
                 dst.copy_(w)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads from {path}: "
-              f"{len(ours)} tensors{' (wte skipped: image model)' if skipped else ''}; {n_params / 1e6:.2f}M parameters")
+        print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads "
+              f"from {path}: {len(ours)} tensors{' (no wte: image model)' * bool(skipped)}; "
+              f"{n_params / 1e6:.2f}M parameters")
         return model
 
     # ---------------------------------------------------------------- optimizer and speed accounting
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW over the trainable parameters only; decay on matrices and embeddings, not on biases/LayerNorm."""
+        """AdamW over the trainable parameters only; decay on matrices and embeddings, not on
+        biases and LayerNorms; the fused kernel on CUDA."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         print(f"AdamW: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} parameters), "
               f"{len(no_decay)} without decay ({sum(p.numel() for p in no_decay):,}); fused={fused}")
-        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        groups = [{'params': decay, 'weight_decay': weight_decay},
+                  {'params': no_decay, 'weight_decay': 0.0}]
+        extra = {'fused': True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def flops_per_image(self):
-        """Training FLOPs per image, PaLM appendix B convention: 6N per token + attention 12*L*T*C per token."""
+        """Training FLOPs per image (PaLM appendix B): 6N per token + attention 12*L*T*C per token."""
         N = sum(p.numel() for n, p in self.named_parameters() if 'wpe' not in n and 'wte' not in n)
         T, L, C = self.n_patches, self.config.n_layer, self.config.n_embd
         return (6 * N + 12 * L * T * C) * T
+
+
+def check_image_config(config):
+    """The image path's sizes: whole patches, and no more of them than GPT-2 has positions."""
+    size, patch = config.img_size, config.patch_size
+    if size % patch:
+        raise UserError(f"img_size {size} is not a multiple of patch_size {patch}")
+    if (size // patch) ** 2 > config.block_size:
+        raise UserError(f"{(size // patch) ** 2} patches ({size}/{patch})^2 exceed GPT-2's "
+                        f"{config.block_size} positions: use a larger patch_size or smaller img_size")
+
+
+def freeze_spec(spec, n, names=FREEZABLE):
+    """Partial bridge training: the parts of an n-block model that spec keeps at their loaded values
+    -> (block indices, part names). spec: comma-separated items. 'A-B' = blocks A..B-1 (half-open
+    like range(A, B): '0-5' = the first five blocks, the paper's partial setting), 'N' = block N,
+    'wpe', 'ln_f', 'patch', 'head', 'all' (every block + wpe + ln_f), or 'none' alone."""
+    items = [s.strip() for s in str(spec).split(',')]
+    blocks, parts = set(), set()
+    for item in items:
+        if item == 'all':
+            blocks.update(range(n))
+            parts.update(('wpe', 'ln_f'))
+        elif item in names:
+            parts.add(item)
+        elif block_range(item, n):
+            blocks.update(block_range(item, n))
+        elif item != 'none' or len(items) > 1:
+            raise UserError(f"bad --freeze item '{item}' in '{spec}': use block ranges A-B (blocks "
+                            f"A..B-1, 0 <= A < B <= {n}) or single blocks N < {n}, and/or "
+                            f"{', '.join(list(names) + ['all'])}; or 'none' alone")
+    return blocks, parts
+
+
+def block_range(item, n):
+    """'A-B' -> range(A, B), 'N' -> range(N, N + 1), when 0 <= A < B <= n; anything else -> None."""
+    m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)
+    if not m:
+        return None
+    a = int(m[1])
+    b = a + 1 if m[2] is None else int(m[2])
+    return range(a, b) if a < b <= n else None
 
 
 def compact(ints):
@@ -311,18 +307,106 @@ def compact(ints):
     return ','.join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def architecture(name):
+    """'gpt2-medium' (an OpenAI size) or 'LAYERSxWIDTH', e.g. '4x128' (heads of 64, as in every GPT-2;
+    one head below 64 wide) -> dict(n_layer, n_head, n_embd)."""
+    if name in OFFICIAL:
+        return OFFICIAL[name]
+    m = re.fullmatch(r'([1-9]\d*)x([1-9]\d*)', name)
+    n_head = max(1, int(m[2]) // 64) if m else 0
+    if not m or int(m[2]) % n_head:
+        raise UserError(f"--model {name!r}: use {', '.join(OFFICIAL)} or LAYERSxWIDTH "
+                        f"(e.g. 4x128; a width below 64 or a multiple of 64)")
+    return dict(n_layer=int(m[1]), n_head=n_head, n_embd=int(m[2]))
+
+
+# ---------------------------------------------------------------- where weights come from
+def init_model(init_from, seed, image, model=None, source=None, new_head=True):
+    """The network a run starts from: the same arguments, the same weights bit for bit (analysis.py
+    rebuilds a run's step 0 so). init_from 'scratch': GPT-2's init of the architecture `model`; an
+    OpenAI name or HF checkpoint: its weights; source: a checkpoint of bridge.py's (its head kept
+    unless new_head). What the source lacks is drawn from seed. image: GPTConfig's image fields."""
+    torch.manual_seed(seed)
+    if init_from == 'scratch':
+        return GPT(GPTConfig(**architecture(model), **image))
+    if source is None:
+        return GPT.from_pretrained(init_from, **image)
+    net = GPT(GPTConfig(**{**source['model_config'], **image}))
+    state = {k: v for k, v in source['model'].items() if not (new_head and k.startswith('head.'))}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    check_keys(f"{init_from} does not fit", missing=set(missing) - {'head.weight', 'head.bias'},
+               unexpected=unexpected)
+    return net
+
+
+def weights_hash(net):
+    """A fingerprint of every tensor's bytes: the same weights, bit for bit, or not."""
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def check_keys(where, missing, unexpected):
+    """A UserError that names (the first few) missing and unexpected keys of a checkpoint."""
+    found = [(what, sorted(keys)) for what, keys in (('missing', missing), ('unexpected', unexpected))
+             if keys]
+    if found:
+        raise UserError(f"{where}: " + '; '.join(f"{what} keys {', '.join(keys[:3])}"
+                                                 + '...' * (len(keys) > 3) for what, keys in found))
+
+
+def locate(source):
+    """A source of OpenAI weights -> (the weights file, the HF config.json as a dict or {})."""
+    if source in OFFICIAL:
+        return download(source), {}
+    if os.path.isfile(source):
+        return source, {}
+    files = [os.path.join(source, f) for f in ('model.safetensors', 'pytorch_model.bin')]
+    files = [f for f in files if os.path.isfile(f)]
+    config = os.path.join(source, 'config.json')
+    if not os.path.isdir(source):
+        raise UserError(f"no weights '{source}': no such file or directory; use one of "
+                        f"{', '.join(OFFICIAL)}, a checkpoint directory or a .safetensors/.bin file")
+    if not files or not os.path.isfile(config):
+        raise UserError(f"{source} is not a GPT-2 checkpoint directory: expected config.json and "
+                        f"model.safetensors or pytorch_model.bin in it")
+    with open(config) as f:
+        hf = json.load(f)
+    if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
+        raise UserError(f"{source}: activation {hf['activation_function']} is not GPT-2's tanh GELU")
+    return files[0], hf
+
+
+def shape_of(sd, hf, path):
+    """GPT-2's architecture from its config.json, else from the tensor shapes of an official width."""
+    for key in ('wte.weight', 'wpe.weight'):
+        if key not in sd:
+            raise UserError(f"{path} is not a GPT-2 checkpoint: missing key {key}")
+    positions, n_embd = sd['wpe.weight'].shape
+    if not hf and n_embd not in HEADS_BY_WIDTH:
+        raise UserError(f"{path}: width {n_embd} is not an official GPT-2 size "
+                        f"({sorted(HEADS_BY_WIDTH)}); pass a directory with config.json for others")
+    n_layer = 1 + max([int(k.split('.')[1]) for k in sd if k.startswith('h.')], default=-1)
+    return dict(block_size=hf.get('n_positions', positions), n_embd=hf.get('n_embd', n_embd),
+                vocab_size=hf.get('vocab_size', sd['wte.weight'].shape[0]),
+                n_layer=hf.get('n_layer', n_layer), n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
+
+
 def download(name):
-    """Download OpenAI's weights for an official size once into torch.hub's cache; returns the local path."""
+    """OpenAI's weights for an official size, downloaded once into torch.hub's cache -> local path."""
     path = os.path.join(torch.hub.get_dir(), 'gpt2', f'{name}.safetensors')
     if not os.path.exists(path):
         url = WEIGHTS_URL.format(name=name)
         print(f"downloading {name} weights from {url} to {path}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
-            torch.hub.download_url_to_file(url, path, progress=True)  # writes a temp file, then renames
+            torch.hub.download_url_to_file(url, path, progress=True)  # a temp file, then a rename
         except (urllib.error.URLError, OSError) as e:
-            raise UserError(f"could not download {name} from {url} ({e}); offline? download model.safetensors "
-                            f"elsewhere and pass its path instead of '{name}', or put it at {path}") from None
+            raise UserError(f"could not download {name} from {url} ({e}); offline? download "
+                            f"model.safetensors elsewhere and pass its path instead of '{name}', "
+                            f"or put it at {path}") from None
     return path
 
 
@@ -333,38 +417,65 @@ def read_weights(path):
             import safetensors.torch
             return safetensors.torch.load_file(path)
         return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated, corrupted, or not a weights file at all: name the file, not a traceback
-        raise UserError(f"cannot read weights from {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # truncated, corrupt, not weights at all: name the file, not a traceback
+        raise UserError(f"cannot read weights from {path}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+
+
+def read_checkpoint(path):
+    """A ckpt.pt written by bridge.py -> dict. Memory-mapped: what is not used is never read."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
+        raise UserError(f"{path} is not a checkpoint written by bridge.py")
+    return ckpt
+
+
+def peak_flops(device):
+    """The dense bf16 peak of the GPU behind device (PEAK_FLOPS), or None where it is not known."""
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 def byte_encoding():
     """A 256-token byte-level tiktoken encoding: for models whose vocabulary is not GPT-2's BPE."""
     import tiktoken
-    return tiktoken.Encoding(name='bytes', pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
-                             special_tokens={})
+    return tiktoken.Encoding(name='bytes', pat_str=r"\S+|\s+", special_tokens={},
+                             mergeable_ranks={bytes([i]): i for i in range(256)})
+
+
+def main(argv):
+    """python model.py gpt2|PATH ["prompt"]: two samples, to see that the weights are GPT-2's."""
+    if argv in (['-h'], ['--help']):
+        return print(__doc__.strip())
+    if len(argv) not in (1, 2) or argv[0].startswith('-'):
+        raise UserError("usage: python model.py gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH [\"prompt\"]")
+    model = GPT.from_pretrained(argv[0]).eval()
+    if model.config.vocab_size == 50257:
+        import tiktoken
+        try:
+            enc = tiktoken.get_encoding('gpt2')
+        except Exception as e:  # it downloads two files once: name them
+            raise UserError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): it fetches "
+                            f"vocab.bpe and encoder.json from https://openaipublic.blob.core.windows"
+                            f".net/gpt-2/encodings/main/ once; offline, copy the TIKTOKEN_CACHE_DIR "
+                            f"of a machine that ran this online") from None
+    else:
+        print(f"vocabulary of {model.config.vocab_size} is not GPT-2's BPE: using byte-level tokens")
+        enc = byte_encoding()
+    prompt = argv[1] if len(argv) == 2 else "Hello, I'm a language model,"
+    torch.manual_seed(1337)
+    idx = torch.tensor([enc.encode(prompt)] * 2)
+    for row in model.generate(idx, 40, temperature=0.8, top_k=200).tolist():
+        print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
 
 
 if __name__ == '__main__':
-    # sanity check that the weights are GPT-2: python model.py gpt2|PATH ["prompt"]
-    max_new_tokens, temperature, top_k, num_samples = 40, 0.8, 200, 2
-    if len(sys.argv) not in (2, 3) or sys.argv[1].startswith('-'):
-        sys.exit("usage: python model.py gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH [\"prompt\"]")
-    try:
-        model = GPT.from_pretrained(sys.argv[1]).eval()
-        if model.config.vocab_size == 50257:
-            import tiktoken
-            try:
-                enc = tiktoken.get_encoding('gpt2')
-            except Exception as e:
-                raise UserError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}); it downloads once: "
-                                f"run online, or set TIKTOKEN_CACHE_DIR to a cache that has it") from None
-        else:
-            print(f"vocabulary of {model.config.vocab_size} is not GPT-2's BPE: using byte-level tokens")
-            enc = byte_encoding()
-        prompt = sys.argv[2] if len(sys.argv) == 3 else "Hello, I'm a language model,"
-        torch.manual_seed(1337)
-        idx = torch.tensor([enc.encode(prompt)] * num_samples)
-        for row in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k).tolist():
-            print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -1,0 +1,136 @@
+"""
+The command lines' shared plumbing, as nanoGPT's configurator.py: flags, --help, one-line errors.
+
+A flag is a module-level line `name = default  # what it does` in bridge.py, analysis.py or bench.py.
+`--name value` or `--name=value` overrides it with a value of the default's type; `--help` prints
+every flag with its default and its comment, read from the script's own source, so they never drift.
+"""
+import difflib
+import json
+import math
+import os
+import re
+import sys
+from types import SimpleNamespace
+
+import torch
+
+FLAG_LINE = re.compile(r'^([a-z]\w*) = (.+?)  # (.+)$')  # a flag: lower-case name = default  # comment
+TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (a flag, a file, a spec): printed as one line, exit 1."""
+
+
+def flags_of(namespace):
+    """{name: (default, its source text, comment)} for the flag lines of the script whose globals
+    are namespace."""
+    with open(namespace['__file__']) as f:
+        matches = [FLAG_LINE.match(line) for line in f]
+    return {m[1]: (namespace[m[1]], m[2].strip(), m[3]) for m in matches if m and m[1] in namespace}
+
+
+def help_text(namespace):
+    """The script's docstring, then a line per flag: --name default (as in the source)  comment."""
+    table = flags_of(namespace)
+    shown = {k: f"--{k} {source}" for k, (_, source, _) in table.items()}
+    width = max(map(len, shown.values()))
+    rows = [f"  {shown[k].ljust(width)}  {comment}" for k, (_, _, comment) in table.items()]
+    return namespace['__doc__'].strip() + "\n\nflags (--name value or --name=value):\n" + '\n'.join(rows)
+
+
+def parse(argv, namespace, choices=None, positive=()):
+    """argv -> (every flag in a SimpleNamespace, the names given). Numbers must be >= 0, those in
+    positive > 0; choices: {name: accepted values}. --help or -h prints help_text and exits 0."""
+    if '--help' in argv or '-h' in argv:
+        print(help_text(namespace))
+        sys.exit(0)
+    defaults = {k: v for k, (v, _, _) in flags_of(namespace).items()}
+    values, given, args = dict(defaults), set(), list(argv)
+    while args:
+        arg = args.pop(0)
+        key, eq, val = arg.removeprefix('--').partition('=')
+        if not arg.startswith('--') or key not in values:
+            raise UserError(unknown(arg, key, values))
+        if not eq:
+            val = next_value(key, values[key], args)
+        values[key] = convert(key, val, defaults[key], (choices or {}).get(key), key in positive)
+        given.add(key)
+    return SimpleNamespace(**values), given
+
+
+def unknown(arg, key, values):
+    """The message for a flag that does not exist: the closest names, else all of them."""
+    close = difflib.get_close_matches(key, values, n=3, cutoff=0.5)
+    if close:
+        return f"unknown flag '{arg}'; did you mean {', '.join('--' + c for c in close)}?"
+    return f"unknown flag '{arg}'; flags are --name value or --name=value, name one of: " \
+           f"{', '.join(values)} (see --help)"
+
+
+def next_value(key, default, args):
+    """The value after --key: the next argument; a bare boolean flag (--wandb) means True."""
+    if isinstance(default, bool) and (not args or args[0].startswith('--')):
+        return 'True'
+    if not args:
+        raise UserError(f"--{key} needs a value (default {default!r})")
+    return args.pop(0)
+
+
+def convert(key, val, default, choices=None, positive=False):
+    """A command-line string -> the type of the flag's default, or a UserError naming what is accepted."""
+    if isinstance(default, bool):
+        if val.lower() not in TRUE + FALSE:
+            raise UserError(f"--{key} {val!r}: expected True or False")
+        return val.lower() in TRUE
+    try:
+        out = type(default)(val)
+    except ValueError:
+        kind = 'an integer' if isinstance(default, int) else 'a number'
+        raise UserError(f"--{key} {val!r}: expected {kind}") from None
+    if isinstance(out, (int, float)) and (out <= 0 if positive else out < 0):
+        raise UserError(f"--{key} {val}: must be {'> 0' if positive else '>= 0'}")
+    if choices and out not in choices:
+        close = difflib.get_close_matches(out, choices, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ''
+        raise UserError(f"--{key} {val!r} is not one of {', '.join(choices)}{hint}")
+    return out
+
+
+def pick_device(name):
+    """'auto' -> cuda if there is one, else mps, else cpu; anything else is checked and returned."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+        name = 'mps' if name == 'cpu' and torch.backends.mps.is_available() else name
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: use auto, cuda, cuda:N, mps or cpu") from None
+
+
+def cores():
+    """The CPU cores this process may use: its affinity mask, shared among torchrun's local ranks."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return max(1, n // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+
+
+def to_json(obj, **kwargs):
+    """json.dumps that writes a non-finite number as null: NaN and Infinity are not JSON."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+
+
+def run_cli(main):
+    """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1."""
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        sys.exit(f"error: {e}")
