@@ -29,7 +29,7 @@ out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcom
 device = 'auto'      # auto | cuda | cpu | mps
 dataset = ''         # images for landscape/tsne/alignment; '': the run's own dataset
 data_dir = ''        # '': the run's own data_dir
-split = 'test'       # landscape, tsne: test (true labels) | train (landscape: the labels trained on)
+split = 'test'       # landscape, tsne: test (true labels) | train (landscape: labels trained on)
 batch_size = 64      # images per forward pass
 threshold = 1.0      # outliers: |w| > threshold (the paper's code: 1.0)
 k_std = 6.0          # outliers, relative: more than k_std std from the mean of their own tensor
@@ -81,7 +81,7 @@ def load_run(src, device):
         net, ckpt = start_of(src)
     else:
         if not os.path.isfile(src):
-            raise UserError(f"'{src}' is neither a ckpt.pt written by bridge.py nor a run directory")
+            raise UserError(f"'{src}' is neither a ckpt.pt of bridge.py nor a run directory")
         ckpt = read_checkpoint(src)
         net = GPT(GPTConfig(**ckpt['model_config']))
         net.load_state_dict(ckpt['model'])
@@ -150,8 +150,8 @@ def count_outliers(sd, f):
     per block."""
     absolute = {k: v.abs() > f.threshold for k, v in sd.items()}
     # a z-score: for zero-mean matrices it is |w| > k_std * std; LayerNorm gains centre on 1, not 0
-    relative = {k: (v - v.mean()).abs() > f.k_std * v.std() for k, v in sd.items() if v.numel() > 1}
-    relative.update({k: torch.zeros_like(v, dtype=torch.bool) for k, v in sd.items() if v.numel() < 2})
+    relative = {k: (v - v.mean()).abs() > f.k_std * v.std() if v.numel() > 1 else v.abs() < 0
+                for k, v in sd.items()}  # a single number has no spread: never an outlier
 
     def count(names):
         n = sum(sd[k].numel() for k in names)
@@ -280,7 +280,7 @@ def landscape(sources, f):
     Sources: a run directory; or a ckpt.pt (its folder holds the start); or start, then end."""
     plt = pyplot()
     if len(sources) not in (1, 2):
-        raise UserError("landscape takes a run directory or its ckpt.pt, optionally after its start")
+        raise UserError("landscape takes a run directory, or its ckpt.pt (after its start)")
     end = sources[-1]
     end = os.path.join(end, 'ckpt.pt') if os.path.isdir(end) else end
     start = sources[0] if len(sources) == 2 else os.path.dirname(os.path.abspath(end))
@@ -348,8 +348,10 @@ def tsne(sources, f):
         intra = (feats - centroids[torch.searchsorted(y.unique(), y)]).norm(dim=1).mean().item()
         spread = (feats - feats.mean(0)).norm(dim=1).mean().item()
         perplexity = min(30.0, (len(y) - 1) / 3)
-        emb = TSNE(2, perplexity=perplexity, init='pca', random_state=f.seed).fit_transform(feats.numpy())
-        result[src] = dict(silhouette=float(silhouette_score(feats.numpy(), y.numpy())), intra_class_distance=intra,
+        tsne = TSNE(2, perplexity=perplexity, init='pca', random_state=f.seed)
+        emb = tsne.fit_transform(feats.numpy())
+        silhouette = float(silhouette_score(feats.numpy(), y.numpy()))
+        result[src] = dict(silhouette=silhouette, intra_class_distance=intra,
                            intra_over_total_spread=intra / spread, images=len(y))
         print(f"{src}: silhouette {result[src]['silhouette']:.3f}, intra-class distance / total "
               f"spread {result[src]['intra_over_total_spread']:.3f}")
@@ -400,15 +402,16 @@ def alignment(sources, f):
         uw = torch.linalg.eigh(sigma_w)[1].flip(1)
         k = min(f.top_k, uw.size(1))
         overlap = ((uw[:, :k].T @ ux[:, :k]).norm() ** 2 / k).item()
-        result[src] = dict(alignment=cosine, top_k_overlap=overlap, k=k, chance_overlap=k / uw.size(1))
+        result[src] = dict(alignment=cosine, top_k_overlap=overlap, k=k,
+                           chance_overlap=k / uw.size(1))
         print(to_json(dict(source=src, **result[src])))
         along = torch.diagonal(ux.T @ sigma_w @ ux)  # Sigma_w along Sigma_x's eigenvectors
         ax.plot((along / along.sum()).cpu().numpy(), lw=1.2, ls=('-', '--', ':', '-.')[i % 4],
                 label=f"{name_of(src)}")
         bars.barh([name_of(src)], [cosine], color=f"C{i}")
         bars.text(cosine, i, f" {cosine:.3f} (top-{k} overlap {overlap:.2f})", va='center')
-    ax.set(yscale='log', xlabel="eigenvector of Sigma_x (largest first)", ylabel='share of variance',
-           title='Sigma_w along the eigenvectors of Sigma_x')
+    ax.set(yscale='log', xlabel="eigenvector of Sigma_x (largest first)",
+           ylabel='share of variance', title='Sigma_w along the eigenvectors of Sigma_x')
     ax.legend()
     bars.set(xlim=(0, 1.3), xlabel='cosine(Sigma_w, Sigma_x)', title='alignment')
     bars.invert_yaxis()
@@ -425,8 +428,8 @@ def main(argv):
         parse(['--help'], globals())
     if not argv or argv[0] not in SUBCOMMANDS:
         unknown = f"; unknown subcommand '{argv[0]}'" if argv else ''
-        raise UserError(f"usage: python analysis.py {{{','.join(SUBCOMMANDS)}}} SOURCE [SOURCE ...] "
-                        f"[--flag value ...] (--help lists the flags){unknown}")
+        raise UserError(f"usage: python analysis.py {{{','.join(SUBCOMMANDS)}}} SOURCE [SOURCE "
+                        f"...] [--flag value ...] (--help lists the flags){unknown}")
     first_flag = next((i for i, a in enumerate(argv[1:]) if a.startswith('--')), len(argv) - 1)
     sources, flags = argv[1:1 + first_flag], argv[1 + first_flag:]
     if not sources:

@@ -44,7 +44,7 @@ POSITIVE = ('img_size', 'patch_size', 'batch_size', 'steps', 'rounds')
 
 
 class HFImageGPT2(nn.Module):
-    """The usual way: patches -> transformers' GPT2Model(inputs_embeds=...) -> last token -> head."""
+    """The usual way: patches -> transformers' GPT2Model(inputs_embeds) -> last token -> head."""
 
     def __init__(self, config):
         super().__init__()
@@ -92,11 +92,11 @@ def autocast_dtype(name, device, gpu_default):
 
 
 def build(c, device):
-    """Both networks, the same architecture and initialization -> {name: step function}, the config."""
+    """Both networks, of the same architecture -> ({name: training step}, our model)."""
     try:
         import transformers
     except ImportError:
-        raise UserError("bench.py compares against transformers: pip install transformers") from None
+        raise UserError("bench.py compares with transformers: pip install transformers") from None
     cfg = GPTConfig(**architecture(c.model), vocab_size=0, n_classes=10, img_size=c.img_size,
                     patch_size=c.patch_size, dropout=c.dropout)
     torch.manual_seed(c.seed)
@@ -106,8 +106,10 @@ def build(c, device):
     hf_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.05,
                                **({'fused': True} if device.type == 'cuda' else {}))
     ours_opt = ours.configure_optimizers(0.05, 1e-4, (0.9, 0.999), device.type)
-    steps = {'ours': trainer(torch.compile(ours) if c.compile else ours, ours_opt, ours_dt, device),
-             'hf': trainer(torch.compile(theirs) if c.hf_compile else theirs, hf_opt, hf_dt, device)}
+    ours_net = torch.compile(ours) if c.compile else ours
+    hf_net = torch.compile(theirs) if c.hf_compile else theirs
+    steps = {'ours': trainer(ours_net, ours_opt, ours_dt, device),
+             'hf': trainer(hf_net, hf_opt, hf_dt, device)}
     print(f"{cfg.n_layer} layers x {cfg.n_embd} wide, {ours.n_patches} tokens an image, batch "
           f"{c.batch_size}, {device}; ours {ours_dt} compile={c.compile}, transformers "
           f"{transformers.__version__} {hf_dt} compile={c.hf_compile}")
@@ -121,7 +123,8 @@ def time_models(c, device, steps):
     y = torch.randint(0, 10, (c.batch_size,), device=device)
     memory, seconds = {}, dict.fromkeys(steps, 0.0)
     for name, step in steps.items():
-        print(f"warming up {name}: {c.warmup} steps{' (compiling)' * (name == 'ours' and c.compile)}")
+        compiling = ' (compiling)' * (name == 'ours' and c.compile)
+        print(f"warming up {name}: {c.warmup} steps{compiling}")
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
         for _ in range(c.warmup):

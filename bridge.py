@@ -1,9 +1,9 @@
 """
 Random-label bridge training, then fine-tuning: the two stages of Luo & Shen (TMLR 2026).
 
-  python bridge.py --stage bridge --freeze 0-5                        # 1: images, random labels
-  python bridge.py --stage finetune --init_from out/bridge/ckpt.pt    # 2: the same net, true labels
-  python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # test accuracy of a checkpoint
+  python bridge.py --stage bridge --freeze 0-5                        # 1: random labels
+  python bridge.py --stage finetune --init_from out/bridge/ckpt.pt    # 2: the true labels
+  python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # a checkpoint's accuracy
   torchrun --standalone --nproc_per_node=8 bridge.py ...              # several GPUs (DDP)
 
 A run lives in its --out_dir. A fresh run refuses a folder that holds a checkpoint, and writes
@@ -35,7 +35,7 @@ from model import (OFFICIAL, GPTConfig, architecture, check_image_config, freeze
 stage = 'bridge'               # bridge: random labels | finetune: the true labels | eval: accuracy
 init_from = 'gpt2-medium'      # gpt2[-medium|-large|-xl] | scratch | resume | ckpt.pt | HF dir/file
 model = 'gpt2-medium'          # --init_from scratch: an OpenAI size, or LAYERSxWIDTH such as 4x128
-freeze = 'none'                # kept at their loaded values: 0-5 = the first five blocks (GPT.freeze)
+freeze = 'none'                # kept at their loaded values: 0-5 = the first five blocks
 reinit_head = False            # a new classifier on a ckpt.pt (always when its classes differ)
 dataset = 'cifar10'            # cifar10 | cifar100 | folder (DATA_DIR/{train,val}/<class>/<image>)
 data_dir = 'data'              # datasets live here; CIFAR is downloaded into it once
@@ -69,7 +69,7 @@ CHOICES = dict(stage=('bridge', 'finetune', 'eval'), dataset=('cifar10', 'cifar1
                aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
                dtype=('auto', 'bfloat16', 'float16', 'float32'))
 POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
-# what a resumed run may change; any other flag must keep the run's value, or its checkpoint would lie
+# what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
 RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
              'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
 
@@ -89,13 +89,18 @@ def main(argv):
 
 
 def run(c, ckpt, resuming, env):
-    print(f"device {env.device}, {env.dtype}, {env.world} process{'es' * (env.world > 1)}, "
-          f"{torch.get_num_threads()} CPU threads each; compile {c.compile}")
+    print(f"device {env.device} ({torch.get_num_threads()} CPU threads), {env.dtype}, "
+          f"{env.world} process{'es' * (env.world > 1)}")
     d = load_data(c, ckpt, resuming, env)
     net, start = build_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)
-    if c.stage == 'eval':
-        return report_eval(c, evaluate(net, d, c, env))
+    if c.stage == 'eval':  # one line of JSON; a test loss that is not finite exits 1
+        result = dict(init_from=c.init_from, dataset=c.dataset, data_dir=c.data_dir,
+                      **evaluate(net, d, c, env))
+        print(to_json(result))
+        if not math.isfinite(result['test_loss']):
+            raise UserError(f"{c.init_from}: test loss {result['test_loss']}: its weights diverged")
+        return result
     # the method: stage 1 trains on random labels, stage 2 on the true ones; frozen blocks keep
     # their language weights (partial bridge training); AdamW trains the rest
     labels = train_labels(c, d, ckpt if resuming else None)
@@ -118,9 +123,10 @@ def train_labels(c, d, ckpt):
         return true
     labels = random_labels(true, len(d['classes']), c.random_label_fraction, c.seed,
                            wrong=c.random_label_mode == 'wrong')
-    print(f"bridge: {c.random_label_fraction:.0%} of the {len(true)} training labels drawn at random "
-          f"({c.random_label_mode}, seed {c.seed}); {(labels != true).float().mean():.1%} now differ "
-          f"from the truth; test labels are the true ones")
+    differ = (labels != true).float().mean()
+    print(f"bridge: {c.random_label_fraction:.0%} of the {len(true)} training labels drawn at "
+          f"random ({c.random_label_mode}, seed {c.seed}); {differ:.1%} now differ from the truth; "
+          f"test labels are the true ones")
     return labels
 
 
@@ -147,7 +153,8 @@ def lr_at(it, c, warmup, total):
 # ----------------------------------------------------------------- the training loop
 def train(c, env, d, raw, opt, labels, ckpt, start):
     """Warmup + cosine, gradient accumulation, clipping; a progress line every log_interval steps,
-    an evaluation and a checkpoint every eval_interval. A signal stops it at the next progress line."""
+    an evaluation and a checkpoint every eval_interval. A signal stops it at the next progress
+    line."""
     per_epoch = steps_per_epoch(len(labels), c.batch_size, env.world) / c.grad_accum
     total, warmup = schedule(c, per_epoch)
     eval_every = c.eval_interval or max(1, round(per_epoch))
@@ -156,7 +163,8 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
     net = wrap(raw, c, env)
     batches = train_batches(d['train'][0], labels.to(env.device), c.batch_size, it * c.grad_accum,
                             c.seed, env.rank, env.world, c.num_workers)
-    since_log, since_eval = tally(env), tally(env)  # each [loss sum, correct, images]
+    # running [loss sum, correct, images] on the device: one tensor each, one all-reduce each
+    since_log, since_eval = torch.zeros(3, device=env.device), torch.zeros(3, device=env.device)
     print(f"{total} steps ({per_epoch:.1f} an epoch) of {c.batch_size * c.grad_accum * env.world} "
           f"images: lr {c.lr:.2e}, warmup {warmup} steps, cosine to {c.min_lr:g}; "
           f"eval every {eval_every} steps into {c.out_dir}")
@@ -191,7 +199,7 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
             train_loss, train_acc, _ = summed(since_eval, env)
             metrics = dict(iter=it, epoch=round(it / per_epoch, 4), lr=lr, train_loss=train_loss,
                            train_acc=train_acc, **evaluate(net, d, c, env))
-            save(c, env, dict(metrics, elapsed_s=round(clock.elapsed(), 2)), history,
+            save(c, env, dict(metrics, elapsed_s=round(time.time() - clock.start, 2)), history,
                  dict(model=raw, optimizer=opt, scaler=scaler, train_labels=labels, start=start,
                       data=d['fingerprint']))
         if stopping:
@@ -202,8 +210,8 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
 
 
 def resume_state(c, env, opt, scaler, ckpt):
-    """-> (step, metrics so far): the resumed run's, with its optimizer state; (0, []) for a new run.
-    Temporary files of a checkpoint write that was killed are removed."""
+    """-> (step, metrics so far): a resumed run's, its optimizer state loaded; (0, []) for a new
+    run. Temporary files of a checkpoint write that was killed are removed."""
     stale = glob.glob(os.path.join(glob.escape(c.out_dir), '*.tmp')) if env.rank == 0 else []
     for path in stale:
         print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
@@ -226,11 +234,6 @@ def wrap(raw, c, env):
     if env.world > 1:
         net = DDP(net, device_ids=[env.device.index] if env.device.type == 'cuda' else None)
     return net
-
-
-def tally(env):
-    """A running [loss sum, correct, images] on the device: one tensor, so DDP sums it in one call."""
-    return torch.zeros(3, device=env.device)
 
 
 def count(tallies, loss, logits, y):
@@ -279,25 +282,22 @@ class Clock:
     def __init__(self, elapsed, flops_per_image, env):
         self.last = time.time()
         self.start = self.last - elapsed
-        self.flops, self.peak, self.world = flops_per_image, peak_flops(env.device), env.world
+        self.flops, self.peak = flops_per_image, peak_flops(env.device)
 
-    def elapsed(self):
-        return time.time() - self.start
-
-    def speed(self, images):
+    def speed(self, images, world):
         """-> (images per second since the last call, ' | mfu x%' when the GPU's peak is known)."""
-        now = time.time()
-        img_s, self.last = images / max(now - self.last, 1e-9), now
-        mfu = f" | mfu {img_s / self.world * self.flops / self.peak:.1%}" if self.peak else ''
+        now, last, self.last = time.time(), self.last, time.time()
+        img_s = images / max(now - last, 1e-9)
+        mfu = f" | mfu {img_s / world * self.flops / self.peak:.1%}" if self.peak else ''
         return img_s, mfu
 
 
 def progress(c, env, it, total, per_epoch, lr, since_log, clock, history):
-    """One progress line. A loss that is not finite stops the run: the last good checkpoint stays."""
+    """One progress line. A loss that is not finite stops the run; the last checkpoint stays."""
     loss, acc, n = summed(since_log, env)
     if not math.isfinite(loss):
         diverged(c, it, f"loss {loss}", history)
-    img_s, mfu = clock.speed(n)
+    img_s, mfu = clock.speed(n, env.world)
     eta = (total - it) * c.batch_size * c.grad_accum * env.world / img_s
     print(f"step {it}/{total} (epoch {it / per_epoch:.2f}) | loss {loss:.4f} | acc {acc:.1%} | "
           f"lr {lr:.2e} | {img_s:.0f} img/s{mfu} | eta {hms(eta)}")
@@ -314,7 +314,7 @@ def diverged(c, it, what, history):
 def evaluate(net, d, c, env):
     """Loss (no smoothing) and accuracy on the whole test split with its true labels, all ranks."""
     net.eval()
-    t = tally(env)
+    t = torch.zeros(3, device=env.device)  # loss sum, correct, images
     for x, y in eval_batches(*d['test'], c.batch_size, env.rank, env.world, c.num_workers):
         with env.ctx:
             logits = net(augment(x, 'eval', c.img_size, d['mean'], d['std'])).float()
@@ -327,7 +327,7 @@ def evaluate(net, d, c, env):
 def save(c, env, metrics, history, state):
     """A checkpoint, only of finite losses: ckpt.pt holds all a resume needs (state: the model,
     optimizer, scaler, labels, the start and data fingerprints); metrics.jsonl and config.json are
-    rewritten from it. Each file is written to a temporary file and renamed: a kill never breaks one."""
+    rewritten from it. Each goes to a temporary file, then is renamed: a kill never breaks one."""
     for k in ('train_loss', 'test_loss'):
         if not math.isfinite(metrics[k]):
             diverged(c, metrics['iter'], f"{k.replace('_', ' ')} {metrics[k]}", history)
@@ -363,11 +363,11 @@ def atomic(path, write, mode='w'):
 
 
 def finish(c, it, history, clock):
-    """The closing line: the final and best test accuracy, the time, the checkpoint -> last metrics."""
+    """The closing line: the final and best test accuracy, the time, the checkpoint."""
     best = max(history, key=lambda m: m['test_acc'])
-    print(f"done: {c.stage} stopped at step {it} after {hms(clock.elapsed())}; test accuracy "
-          f"{history[-1]['test_acc']:.2%} (best {best['test_acc']:.2%}, step {best['iter']}); "
-          f"checkpoint {c.out_dir}/ckpt.pt")
+    print(f"done: {c.stage} stopped at step {it} after {hms(time.time() - clock.start)}; test "
+          f"accuracy {history[-1]['test_acc']:.2%} (best {best['test_acc']:.2%}, step "
+          f"{best['iter']}); checkpoint {c.out_dir}/ckpt.pt")
     return history[-1]
 
 
@@ -375,16 +375,7 @@ def hms(seconds):
     return f"{int(seconds // 3600)}:{time.strftime('%M:%S', time.gmtime(seconds))}"
 
 
-def report_eval(c, m):
-    """--stage eval: one line of JSON; a test loss that is not finite (diverged weights) exits 1."""
-    out = dict(init_from=c.init_from, dataset=c.dataset, data_dir=c.data_dir, **m)
-    print(to_json(out))
-    if not math.isfinite(m['test_loss']):
-        raise UserError(f"{c.init_from}: test loss {m['test_loss']}: its weights have diverged")
-    return out
-
-
-# ----------------------------------------------------------------- setup: flags, device, data, model
+# ----------------------------------------------------------------- setup: flags, device, data, net
 def configure(argv):
     """Flags -> (the run's config, the checkpoint it starts from or None, resuming?). All that needs
     no work is checked here, before data is decoded or weights are read: flags, files, sizes."""
@@ -394,7 +385,7 @@ def configure(argv):
     if resuming:
         path = os.path.join(c.out_dir, 'ckpt.pt')
         if not os.path.isfile(path):
-            raise UserError(f"--init_from resume: no checkpoint at {path} (give the run's --out_dir)")
+            raise UserError(f"--init_from resume: no checkpoint at {path} (the run's --out_dir?)")
         ckpt = read_checkpoint(path)
         c = resumed(c, given, ckpt)
     elif c.init_from.endswith(('.pt', '.pth')):
@@ -404,8 +395,12 @@ def configure(argv):
         raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
                         f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
                         f"or a Hugging Face checkpoint (a directory, .safetensors or .bin)")
-    if c.stage != 'eval' and not resuming:
-        refuse_existing_run(c.out_dir)
+    old = os.path.join(c.out_dir, 'ckpt.pt')
+    if c.stage != 'eval' and not resuming and os.path.exists(old):  # a run is never replaced
+        old = read_checkpoint(old)
+        raise UserError(f"{c.out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
+                        f"continue it with --init_from resume, or start elsewhere with another "
+                        f"--out_dir (or delete {c.out_dir})")
     check_flags(c, given, ckpt)
     return c, ckpt, resuming
 
@@ -438,24 +433,14 @@ def handed_on(c, given, ckpt):
             setattr(c, k, ckpt['config'][k])
 
 
-def refuse_existing_run(out_dir):
-    """A fresh run never replaces another: out_dir must not hold a checkpoint."""
-    path = os.path.join(out_dir, 'ckpt.pt')
-    if os.path.exists(path):
-        old = read_checkpoint(path)
-        raise UserError(f"{out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
-                        f"continue it with --init_from resume, or start elsewhere with another "
-                        f"--out_dir (or delete {out_dir})")
-
-
 def check_flags(c, given, ckpt):
     """What the flags must agree on with each other, and with the network they start from."""
     if c.stage == 'eval' and ckpt is None:
-        raise UserError(f"--stage eval needs --init_from a ckpt.pt of bridge.py, not '{c.init_from}'")
+        raise UserError(f"--stage eval needs --init_from a ckpt.pt of bridge.py, not {c.init_from}")
     if 'model' in given and c.init_from != 'scratch':
         raise UserError("--model shapes a scratch model: use it with --init_from scratch")
     if 'random_label_fraction' in given and c.stage != 'bridge':
-        raise UserError(f"--random_label_fraction is for --stage bridge; {c.stage} has the true labels")
+        raise UserError(f"--random_label_fraction is for --stage bridge: {c.stage} has true labels")
     if not 0 <= c.random_label_fraction <= 1:
         raise UserError(f"--random_label_fraction {c.random_label_fraction}: must be in [0, 1]")
     if c.wandb and importlib.util.find_spec('wandb') is None:

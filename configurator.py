@@ -1,7 +1,7 @@
 """
 The command lines' shared plumbing, as nanoGPT's configurator.py: flags, --help, one-line errors.
 
-A flag is a module-level line `name = default  # what it does` in bridge.py, analysis.py or bench.py.
+A flag is a module-level line `name = default  # what it does` in bridge.py, analysis.py, bench.py.
 `--name value` or `--name=value` overrides it with a value of the default's type; `--help` prints
 every flag with its default and its comment, read from the script's own source, so they never drift.
 """
@@ -15,12 +15,12 @@ from types import SimpleNamespace
 
 import torch
 
-FLAG_LINE = re.compile(r'^([a-z]\w*) = (.+?)  # (.+)$')  # a flag: lower-case name = default  # comment
+FLAG_LINE = re.compile(r'^([a-z]\w*) = (.+?)  # (.+)$')  # lower-case name = default  # comment
 TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 
 
 class UserError(Exception):
-    """A mistake in what the user asked for (a flag, a file, a spec): printed as one line, exit 1."""
+    """A mistake in what the user asked for (a flag, a file, a spec): one line, exit status 1."""
 
 
 def flags_of(namespace):
@@ -37,7 +37,8 @@ def help_text(namespace):
     shown = {k: f"--{k} {source}" for k, (_, source, _) in table.items()}
     width = max(map(len, shown.values()))
     rows = [f"  {shown[k].ljust(width)}  {comment}" for k, (_, _, comment) in table.items()]
-    return namespace['__doc__'].strip() + "\n\nflags (--name value or --name=value):\n" + '\n'.join(rows)
+    head = namespace['__doc__'].strip() + "\n\nflags (--name value or --name=value):\n"
+    return head + '\n'.join(rows)
 
 
 def parse(argv, namespace, choices=None, positive=()):
@@ -79,7 +80,8 @@ def next_value(key, default, args):
 
 
 def convert(key, val, default, choices=None, positive=False):
-    """A command-line string -> the type of the flag's default, or a UserError naming what is accepted."""
+    """A command-line string -> the type of the flag's default, or a UserError saying what is
+    accepted."""
     if isinstance(default, bool):
         if val.lower() not in TRUE + FALSE:
             raise UserError(f"--{key} {val!r}: expected True or False")
@@ -112,7 +114,7 @@ def pick_device(name):
 
 
 def cores():
-    """The CPU cores this process may use: its affinity mask, shared among torchrun's local ranks."""
+    """The CPU cores this process may use: its affinity mask, shared by torchrun's local ranks."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     return max(1, n // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
 

@@ -1,14 +1,14 @@
 """
-Images for bridge training: datasets kept on the training device as uint8 and augmented there a batch
-at a time (as airbench does), and the paper's random labels.
+Images for bridge training: datasets kept on the training device as uint8 and augmented there a
+batch at a time (as airbench does), and the paper's random labels.
 
   load_dataset('cifar10', 'data', img_size=224, device='cuda')  -> images and labels on the GPU
   random_labels(labels, 10, fraction=1.0, seed=0)               -> the bridge stage's labels
   train_batches(...) / eval_batches(...)                        -> (uint8 images, labels) batches
   augment(images, 'rrc', 224, mean, std)                        -> normalized float images
 
-Folders too large for memory (ImageNet) stream through DataLoader workers instead; either way a batch
-reaches `augment` as uint8 on the device, so every dataset gets the same GPU augmentation.
+Folders too large for memory (ImageNet) stream through DataLoader workers instead; either way a
+batch reaches `augment` as uint8 on the device, so every dataset gets the same GPU augmentation.
 """
 import hashlib
 import math
@@ -33,48 +33,40 @@ LAYOUT = "DATA_DIR/train/<class>/<image>, DATA_DIR/val/<class>/<image> (the same
 
 
 def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None):
-    """-> dict(train=(images, labels), test=(images, labels), classes, mean, std, fingerprint), on
+    """-> dict(train=(images, labels), test=(images, labels), classes, mean, std, fingerprint) on
     the device. A folder whose uint8 copy exceeds memory_gb (default: a quarter of the device's
-    memory) stays a dataset that streams from disk."""
+    memory, or of the RAM off CUDA) stays a dataset that streams from disk."""
     device = torch.device(device)
-    budget = memory_budget(device) if memory_gb is None else memory_gb
+    if memory_gb is None and device.type == 'cuda':
+        memory_gb = torch.cuda.get_device_properties(device).total_memory / 4e9
+    if memory_gb is None:
+        memory_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4e9
     if name in CIFAR:
-        (xtr, ytr, classes), (xte, yte, _) = cifar(name, data_dir, True), cifar(name, data_dir, False)
+        (xtr, ytr, classes), (xte, yte, _) = (cifar(name, data_dir, t) for t in (True, False))
     else:
-        train, val = (os.path.join(data_dir, split) for split in ('train', 'val'))
-        xtr, ytr, classes = image_folder(train, img_size, budget, num_workers)
-        xte, yte, val_classes = image_folder(val, img_size, budget, num_workers)
+        xtr, ytr, classes = image_folder(f"{data_dir}/train", img_size, memory_gb, num_workers)
+        xte, yte, val_classes = image_folder(f"{data_dir}/val", img_size, memory_gb, num_workers)
         if val_classes != classes:
-            raise UserError(f"{data_dir}: train and val hold different class folders; expected {LAYOUT}")
+            raise UserError(f"{data_dir}: train and val hold other classes; expected {LAYOUT}")
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
                  for v in NORMALIZE['cifar' if name in CIFAR else 'folder'])
     stored = 'x'.join(map(str, xte.shape[-2:])) if isinstance(xte, torch.Tensor) else 'streamed'
     print(f"{name}: {len(ytr)} train / {len(yte)} test images, {len(classes)} classes, stored "
           f"{stored} on {device}, trained at {img_size}x{img_size} (resized a batch at a time)")
+    labels = torch.cat([ytr, yte]).to(torch.int64).numpy().tobytes()
+    fingerprint = dict(classes=list(classes), train=len(ytr), test=len(yte),  # a run's data
+                       labels=hashlib.sha256(labels).hexdigest()[:16])
     on_device = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
     return dict(train=(on_device(xtr), ytr.to(device)), test=(on_device(xte), yte.to(device)),
-                classes=classes, mean=mean, std=std, fingerprint=fingerprint(classes, ytr, yte))
-
-
-def memory_budget(device):
-    """GB of uint8 images a dataset may keep on device: a quarter of its memory (RAM off CUDA)."""
-    if device.type == 'cuda':
-        return torch.cuda.get_device_properties(device).total_memory / 4e9
-    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4e9
-
-
-def fingerprint(classes, train_labels, test_labels):
-    """What identifies a dataset in a checkpoint: class names, image counts, a hash of the labels."""
-    labels = torch.cat([train_labels, test_labels]).to(torch.int64).numpy().tobytes()
-    return dict(classes=list(classes), train=len(train_labels), test=len(test_labels),
-                labels=hashlib.sha256(labels).hexdigest()[:16])
+                classes=classes, mean=mean, std=std, fingerprint=fingerprint)
 
 
 def cifar(name, data_dir, train):
-    """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 (N, 3, 32, 32), labels."""
+    """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 (N, 3, 32, 32),
+    labels."""
     cls = CIFAR[name]
     try:
-        ds = cls(data_dir, train=train, download=True)  # checks the files, downloads only if missing
+        ds = cls(data_dir, train=train, download=True)  # checks the files, downloads if missing
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise UserError(f"cannot get {name} into {data_dir} ({str(e).splitlines()[0][:120]}); "
                         f"offline? put {cls.filename} (from {cls.url}) or its extracted "
@@ -84,16 +76,16 @@ def cifar(name, data_dir, train):
 
 
 # ----------------------------------------------------------------------------- image folders
-def image_folder(root, side, budget_gb, num_workers):
-    """DATA_DIR/<split> -> (uint8 images (N, 3, side, side), or the Images dataset to stream when
-    they exceed budget_gb), labels (N,), class names. Every file is opened before anything trains:
-    the unreadable ones are named together, in one line."""
+def image_folder(root, side, memory_gb, num_workers):
+    """DATA_DIR/<split> -> (uint8 images (N, 3, side, side), or an Images dataset to stream when
+    larger than memory_gb), labels (N,), class names. Every file is opened before anything trains,
+    and the unreadable ones are named together."""
     samples, classes = scan(root)
     gb = len(samples) * 3 * side * side / 1e9
-    stream = gb > budget_gb
+    stream = gb > memory_gb
     print(f"{root}: {'checking' if stream else 'decoding'} {len(samples)} images at {side}x{side} "
-          f"({gb:.2f} GB: {'streamed' if stream else 'kept'}, budget {budget_gb:.1f} GB)")
-    loader = DataLoader(Images(samples, side, header_only=stream), batch_size=256,
+          f"({gb:.2f} GB: {'streamed' if stream else 'kept'}, budget {memory_gb:.1f} GB)")
+    loader = DataLoader(Images(samples, 0 if stream else side), batch_size=256,
                         num_workers=num_workers)
     images, ok = zip(*loader)  # each batch: (images, readable?)
     bad = [samples[i][0] for i in torch.cat(ok).logical_not().nonzero().flatten().tolist()]
@@ -106,64 +98,61 @@ def image_folder(root, side, budget_gb, num_workers):
 
 def scan(root):
     """DATA_DIR/<split>/<class>/**/<image> -> ([(path, class index)], class names), sorted. Links
-    are followed once: one that leads back into a folder already walked (a loop) is skipped."""
+    are followed, but not into a folder already walked or up into its own parents (a loop)."""
     if not os.path.isdir(root):
         raise UserError(f"no image folder at {root}; expected {LAYOUT}")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
-        raise UserError(f"{root} holds no class folders; expected {LAYOUT}")
     samples = []
     for k, name in enumerate(classes):
         top, seen, found = os.path.realpath(os.path.join(root, name)), set(), []
         for folder, subfolders, files in os.walk(os.path.join(root, name), followlinks=True):
             subfolders.sort()
             real = os.path.realpath(folder)
-            if real in seen or top.startswith(real + os.sep):  # a link into itself or up: a loop
+            if real in seen or top.startswith(real + os.sep):
                 subfolders.clear()
                 continue
             seen.add(real)
             found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
         if not found:
-            raise UserError(f"class folder {os.path.join(root, name)} holds no images "
+            raise UserError(f"class folder {root}/{name} holds no images "
                             f"({' '.join(IMG_EXTENSIONS)})")
         samples += [(path, k) for path in sorted(found)]
+    if not samples:
+        raise UserError(f"{root} holds no class folders; expected {LAYOUT}")
     return samples, classes
 
 
 class Images(torch.utils.data.Dataset):
     """samples[i] -> (uint8 (3, side, side), True), or (zeros, False) for a file that cannot be
-    decoded, so that bad files are reported together (header_only: open the file, decode nothing)."""
+    decoded, so that bad files are reported together. side 0: only open the file (a quick check)."""
 
-    def __init__(self, samples, side, header_only=False):
-        self.samples, self.side, self.header_only = samples, side, header_only
+    def __init__(self, samples, side):
+        self.samples, self.side = samples, side
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
         try:
-            if self.header_only:
-                Image.open(self.samples[i][0]).close()
-                return torch.zeros(0, dtype=torch.uint8), True
             return decode(self.samples[i][0], self.side), True
-        except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-            return torch.zeros((0,) if self.header_only else (3, self.side, self.side),
-                               dtype=torch.uint8), False
+        except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            return torch.zeros(3, self.side, self.side, dtype=torch.uint8), False
 
 
 def decode(path, side):
     """An image file -> uint8 (3, side, side): its central square, resized (bicubic). The least work
-    on the CPU: a large JPEG is decoded at 1/2, 1/4 or 1/8 scale when that still covers side.
-    16-bit images keep their top 8 bits (convert('RGB') would clip them to black and white)."""
+    on the CPU: a large JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers side. 16-bit
+    images keep their top 8 bits (convert('RGB') would clip them to black and white)."""
     with Image.open(path) as img:
+        if not side:
+            return torch.zeros(3, 0, 0, dtype=torch.uint8)
         img.draft('RGB', (side, side))
         if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):
             img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-        img = img.convert('RGB')
         w, h = img.size
         s = min(w, h)
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-        img = img.resize((side, side), Image.Resampling.BICUBIC, box=box)
+        img = img.convert('RGB').resize((side, side), Image.Resampling.BICUBIC, box=box)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
@@ -172,9 +161,7 @@ def random_labels(labels, n_classes, fraction, seed, wrong=False):
     """The bridge stage's labels: a seeded, fixed choice of round(fraction * N) training examples
     gets a label drawn uniformly from all classes, independent of the true one (so the stage needs
     no labels at all). wrong=True draws from the other n_classes - 1 classes instead, as the first
-    author's code does (every chosen label is then wrong). Same seed -> same labels on every rank."""
-    if not 0.0 <= fraction <= 1.0:
-        raise UserError(f"random label fraction {fraction} is not in [0, 1]")
+    author's code does (every chosen label is then wrong). The same seed, the same labels."""
     g = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     chosen = torch.randperm(len(labels), generator=g)[:round(fraction * len(labels))]
@@ -206,9 +193,9 @@ def batches(images, labels, order, num_workers=0):
 
 
 def train_batches(images, labels, batch_size, start=0, seed=0, rank=0, world=1, num_workers=0):
-    """Micro-batches forever, from micro-batch number `start` on. Each epoch is a seeded permutation,
-    the same on every rank; rank r takes every world-th example of it. The position depends on
-    (seed, start) only, so a resumed run sees exactly the batches an uninterrupted one would."""
+    """Micro-batches forever, from micro-batch number `start` on. Each epoch is a seeded
+    permutation, the same on every rank; rank r takes every world-th example of it. The position
+    depends on (seed, start) only: a resumed run sees the batches an uninterrupted one would."""
     per_epoch = steps_per_epoch(len(labels), batch_size, world)
     epoch, i = divmod(start, per_epoch)
     while True:
@@ -244,7 +231,7 @@ def augment(images, aug, img_size, mean, std):
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
     if aug in ('rrc', 'crop'):
         flip = torch.where(torch.rand(B, device=dev) < 0.5, -1.0, 1.0)
-    if aug == 'rrc':  # crop area and aspect ratio as torchvision samples them; a side > 1 is clamped
+    if aug == 'rrc':  # area and aspect ratio as torchvision samples them; a side > 1 is clamped
         area = torch.empty(B, device=dev).uniform_(0.2, 1.0)
         ratio = torch.empty(B, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
         w = (area * ratio).sqrt().clamp(max=1.0)  # fractions of the side

@@ -4,11 +4,11 @@ GPT-2, exactly as OpenAI trained it, with an image path bolted on in front.
 Text:   token ids -> wte + wpe -> blocks -> ln_f -> logits (tied to wte)             (GPT-2 itself)
 Images: image -> Conv2d patches -> + wpe -> the same blocks -> ln_f -> pool -> head   (the paper)
 
-The image path is what the paper (Luo & Shen, TMLR 2026) trains: the author's code feeds patch tokens
-to HF GPT2Model through `inputs_embeds`, so GPT-2's learned position table wpe is added, attention
-stays causal, and the LAST token (the only one that sees every patch) feeds the classifier.
-Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps keys one to one.
-Run `python model.py gpt2 "Hello, I'm a language model,"` to check that the weights are GPT-2.
+The image path is what the paper (Luo & Shen, TMLR 2026) trains: the author's code feeds patch
+tokens to HF GPT2Model through `inputs_embeds`, so GPT-2's learned position table wpe is added,
+attention stays causal, and the LAST token (the only one that sees every patch) feeds the head.
+Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps keys one to one;
+`python sample.py gpt2 "Hello, I'm a language model,"` shows that the weights are GPT-2's.
 """
 import hashlib
 import inspect
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from configurator import UserError, run_cli
+from configurator import UserError
 
 
 @dataclass
@@ -139,7 +139,7 @@ class GPT(nn.Module):
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.Conv2d):  # the patch embedding, as in MAE/timm (the paper's code)
+        elif isinstance(module, nn.Conv2d):  # the patch embedding, as MAE/timm (the paper's code)
             torch.nn.init.xavier_uniform_(module.weight.view(module.weight.size(0), -1))
         if getattr(module, 'bias', None) is not None and not isinstance(module, nn.LayerNorm):
             torch.nn.init.zeros_(module.bias)
@@ -170,7 +170,7 @@ class GPT(nn.Module):
         return self.head(self.features(images))
 
     def lm_logits(self, idx):
-        """(B, T) token ids -> (B, T, vocab) next-token logits; GPT-2 ties its output layer to wte."""
+        """(B, T) token ids -> (B, T, vocab) next-token logits; GPT-2's output layer is wte."""
         return F.linear(self.body(self.transformer.wte(idx)), self.transformer.wte.weight)
 
     @torch.no_grad()
@@ -187,7 +187,7 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- partial bridge training
     def freeze(self, spec):
-        """Freeze exactly the parts that spec names (see freeze_spec), unfreeze the rest, print it."""
+        """Freeze exactly the parts that spec names (freeze_spec), unfreeze the rest, print it."""
         names = [m for m in FREEZABLE if hasattr(self, m) or m in self.transformer]
         blocks, parts = freeze_spec(spec, self.config.n_layer, names)
         for name, p in self.named_parameters():
@@ -195,7 +195,7 @@ class GPT(nn.Module):
             p.requires_grad = not (where[0] in parts or where[0] == 'h' and int(where[1]) in blocks)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
-        what = [f"blocks {compact(sorted(blocks))} ({len(blocks)} of {self.config.n_layer})"]
+        what = [f"blocks {sorted(blocks)} ({len(blocks)} of {self.config.n_layer})"]
         print(f"freeze: {', '.join(what * bool(blocks) + sorted(parts)) or 'nothing'}; "
               f"{frozen / 1e6:.2f}M of {total / 1e6:.2f}M parameters frozen, "
               f"{(total - frozen) / 1e6:.2f}M trainable")
@@ -205,26 +205,28 @@ class GPT(nn.Module):
     def from_pretrained(cls, source, **overrides):
         """GPT-2 with OpenAI's weights. source: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
         (downloaded once), a directory in HF layout (config.json + model.safetensors or
-        pytorch_model.bin), or one .safetensors/.bin file of an official width (shapes give the rest).
-        overrides: GPTConfig fields the checkpoint does not have (n_classes, img_size, vocab_size=0...)."""
+        pytorch_model.bin), or one .safetensors/.bin file of an official width (the shapes give
+        the rest). overrides: GPTConfig fields the checkpoint lacks (n_classes, vocab_size=0...)."""
         path, hf = locate(source)
         sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items()
               if not IGNORED.search(k)}
         config = GPTConfig(**{**shape_of(sd, hf, path), **overrides})
         if config.n_embd % config.n_head:
-            raise UserError(f"{source}: n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+            raise UserError(f"{source}: n_embd {config.n_embd} is not a multiple of n_head "
+                            f"{config.n_head}")
         model = cls(config)
         ours = {k.removeprefix('transformer.'): v for k, v in model.state_dict().items()
                 if k.startswith('transformer.')}
         skipped = {'wte.weight'} - ours.keys()  # an image model keeps no token embedding
         where = f"{path} does not fit GPT-2 {config.n_layer}x{config.n_embd}"
-        check_keys(where, missing=ours.keys() - sd.keys(), unexpected=sd.keys() - ours.keys() - skipped)
+        check_keys(where, ours.keys() - sd.keys(), sd.keys() - ours.keys() - skipped)
         with torch.no_grad():
             for k, dst in ours.items():
-                w = sd[k].t() if k.endswith(CONV1D) else sd[k]  # Conv1D [in, out] -> Linear [out, in]
+                w = sd[k].t() if k.endswith(CONV1D) else sd[k]  # Conv1D [in, out] -> [out, in]
                 if w.shape != dst.shape:
-                    raise UserError(f"{where}: shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, "
-                                    f"needs {tuple(dst.shape)}{' transposed' * k.endswith(CONV1D)}")
+                    raise UserError(f"{where}: shape mismatch for {k}: checkpoint "
+                                    f"{tuple(sd[k].shape)}, needs {tuple(dst.shape)}"
+                                    f"{' transposed' * k.endswith(CONV1D)}")
                 dst.copy_(w)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads "
@@ -232,7 +234,7 @@ class GPT(nn.Module):
               f"{n_params / 1e6:.2f}M parameters")
         return model
 
-    # ---------------------------------------------------------------- optimizer and speed accounting
+    # ---------------------------------------------------------------- optimizer, speed accounting
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW over the trainable parameters only; decay on matrices and embeddings, not on
         biases and LayerNorms; the fused kernel on CUDA."""
@@ -240,15 +242,16 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
-        print(f"AdamW: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} parameters), "
-              f"{len(no_decay)} without decay ({sum(p.numel() for p in no_decay):,}); fused={fused}")
+        n_decay, n_rest = (sum(p.numel() for p in group) for group in (decay, no_decay))
+        print(f"AdamW: {len(decay)} decayed tensors ({n_decay:,} parameters), {len(no_decay)} "
+              f"without decay ({n_rest:,}); fused={fused}")
         groups = [{'params': decay, 'weight_decay': weight_decay},
                   {'params': no_decay, 'weight_decay': 0.0}]
         extra = {'fused': True} if fused else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def flops_per_image(self):
-        """Training FLOPs per image (PaLM appendix B): 6N per token + attention 12*L*T*C per token."""
+        """Training FLOPs an image (PaLM appendix B): 6N a token + attention 12*L*T*C a token."""
         N = sum(p.numel() for n, p in self.named_parameters() if 'wpe' not in n and 'wte' not in n)
         T, L, C = self.n_patches, self.config.n_layer, self.config.n_embd
         return (6 * N + 12 * L * T * C) * T
@@ -261,7 +264,8 @@ def check_image_config(config):
         raise UserError(f"img_size {size} is not a multiple of patch_size {patch}")
     if (size // patch) ** 2 > config.block_size:
         raise UserError(f"{(size // patch) ** 2} patches ({size}/{patch})^2 exceed GPT-2's "
-                        f"{config.block_size} positions: use a larger patch_size or smaller img_size")
+                        f"{config.block_size} positions: use a larger patch_size or a smaller "
+                        f"img_size")
 
 
 def freeze_spec(spec, n, names=FREEZABLE):
@@ -296,20 +300,9 @@ def block_range(item, n):
     return range(a, b) if a < b <= n else None
 
 
-def compact(ints):
-    """[0, 1, 2, 3, 4, 7] -> '0-4,7' (inclusive ranges, for messages)."""
-    runs = []
-    for i in ints:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ','.join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def architecture(name):
-    """'gpt2-medium' (an OpenAI size) or 'LAYERSxWIDTH', e.g. '4x128' (heads of 64, as in every GPT-2;
-    one head below 64 wide) -> dict(n_layer, n_head, n_embd)."""
+    """'gpt2-medium' (an OpenAI size) or 'LAYERSxWIDTH', e.g. '4x128' (heads of 64, as in every
+    GPT-2; one head below 64 wide) -> dict(n_layer, n_head, n_embd)."""
     if name in OFFICIAL:
         return OFFICIAL[name]
     m = re.fullmatch(r'([1-9]\d*)x([1-9]\d*)', name)
@@ -350,11 +343,10 @@ def weights_hash(net):
 
 def check_keys(where, missing, unexpected):
     """A UserError that names (the first few) missing and unexpected keys of a checkpoint."""
-    found = [(what, sorted(keys)) for what, keys in (('missing', missing), ('unexpected', unexpected))
-             if keys]
+    found = [f"{what} keys {', '.join(sorted(keys)[:3])}{'...' * (len(keys) > 3)}"
+             for what, keys in (('missing', missing), ('unexpected', unexpected)) if keys]
     if found:
-        raise UserError(f"{where}: " + '; '.join(f"{what} keys {', '.join(keys[:3])}"
-                                                 + '...' * (len(keys) > 3) for what, keys in found))
+        raise UserError(f"{where}: {'; '.join(found)}")
 
 
 def locate(source):
@@ -368,19 +360,19 @@ def locate(source):
     config = os.path.join(source, 'config.json')
     if not os.path.isdir(source):
         raise UserError(f"no weights '{source}': no such file or directory; use one of "
-                        f"{', '.join(OFFICIAL)}, a checkpoint directory or a .safetensors/.bin file")
+                        f"{', '.join(OFFICIAL)}, a checkpoint directory or .safetensors/.bin file")
     if not files or not os.path.isfile(config):
         raise UserError(f"{source} is not a GPT-2 checkpoint directory: expected config.json and "
                         f"model.safetensors or pytorch_model.bin in it")
     with open(config) as f:
         hf = json.load(f)
     if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
-        raise UserError(f"{source}: activation {hf['activation_function']} is not GPT-2's tanh GELU")
+        raise UserError(f"{source}: activation {hf['activation_function']} is not tanh GELU")
     return files[0], hf
 
 
 def shape_of(sd, hf, path):
-    """GPT-2's architecture from its config.json, else from the tensor shapes of an official width."""
+    """GPT-2's architecture from its config.json, else from the shapes of an official width."""
     for key in ('wte.weight', 'wpe.weight'):
         if key not in sd:
             raise UserError(f"{path} is not a GPT-2 checkpoint: missing key {key}")
@@ -391,11 +383,12 @@ def shape_of(sd, hf, path):
     n_layer = 1 + max([int(k.split('.')[1]) for k in sd if k.startswith('h.')], default=-1)
     return dict(block_size=hf.get('n_positions', positions), n_embd=hf.get('n_embd', n_embd),
                 vocab_size=hf.get('vocab_size', sd['wte.weight'].shape[0]),
-                n_layer=hf.get('n_layer', n_layer), n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
+                n_layer=hf.get('n_layer', n_layer),
+                n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
 
 
 def download(name):
-    """OpenAI's weights for an official size, downloaded once into torch.hub's cache -> local path."""
+    """OpenAI's weights of an official size, downloaded once into torch.hub's cache -> the path."""
     path = os.path.join(torch.hub.get_dir(), 'gpt2', f'{name}.safetensors')
     if not os.path.exists(path):
         url = WEIGHTS_URL.format(name=name)
@@ -410,27 +403,23 @@ def download(name):
     return path
 
 
-def read_weights(path):
-    """A .safetensors or .bin/.pt state dict file -> {name: tensor} on the CPU."""
+def read_weights(path, mmap=False):
+    """A .safetensors or torch.save file -> its content, on the CPU; a bad file is a UserError."""
     try:
         if path.endswith('.safetensors'):
             import safetensors.torch
             return safetensors.torch.load_file(path)
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, corrupt, not weights at all: name the file, not a traceback
-        raise UserError(f"cannot read weights from {path}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
+            from None
 
 
 def read_checkpoint(path):
     """A ckpt.pt written by bridge.py -> dict. Memory-mapped: what is not used is never read."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+    ckpt = read_weights(path, mmap=True)
     if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
         raise UserError(f"{path} is not a checkpoint written by bridge.py")
     return ckpt
@@ -442,40 +431,3 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def byte_encoding():
-    """A 256-token byte-level tiktoken encoding: for models whose vocabulary is not GPT-2's BPE."""
-    import tiktoken
-    return tiktoken.Encoding(name='bytes', pat_str=r"\S+|\s+", special_tokens={},
-                             mergeable_ranks={bytes([i]): i for i in range(256)})
-
-
-def main(argv):
-    """python model.py gpt2|PATH ["prompt"]: two samples, to see that the weights are GPT-2's."""
-    if argv in (['-h'], ['--help']):
-        return print(__doc__.strip())
-    if len(argv) not in (1, 2) or argv[0].startswith('-'):
-        raise UserError("usage: python model.py gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH [\"prompt\"]")
-    model = GPT.from_pretrained(argv[0]).eval()
-    if model.config.vocab_size == 50257:
-        import tiktoken
-        try:
-            enc = tiktoken.get_encoding('gpt2')
-        except Exception as e:  # it downloads two files once: name them
-            raise UserError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): it fetches "
-                            f"vocab.bpe and encoder.json from https://openaipublic.blob.core.windows"
-                            f".net/gpt-2/encodings/main/ once; offline, copy the TIKTOKEN_CACHE_DIR "
-                            f"of a machine that ran this online") from None
-    else:
-        print(f"vocabulary of {model.config.vocab_size} is not GPT-2's BPE: using byte-level tokens")
-        enc = byte_encoding()
-    prompt = argv[1] if len(argv) == 2 else "Hello, I'm a language model,"
-    torch.manual_seed(1337)
-    idx = torch.tensor([enc.encode(prompt)] * 2)
-    for row in model.generate(idx, 40, temperature=0.8, top_k=200).tolist():
-        print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
-
-
-if __name__ == '__main__':
-    run_cli(main)

@@ -21,7 +21,8 @@ import bridge
 import configurator
 import data
 import model
-from conftest import HERE, TINY, cli, hf_gpt2, make_folder, metrics, run, tokens, write_patterns
+import sample
+from conftest import HERE, cli, hf_gpt2, make_folder, metrics, run, tokens, write_patterns
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -159,7 +160,7 @@ def test_bidirectional_attention_and_mean_pooling(hf_dir):
     ('drop h.1.ln_2.bias', r'missing keys h\.1\.ln_2\.bias'),
     ('add h.0.attn.extra', r'unexpected keys h\.0\.attn\.extra'),
     ('reshape h.0.mlp.c_fc.weight', r'shape mismatch for h\.0\.mlp\.c_fc\.weight'),
-    ('truncate', r'cannot read weights from .*model\.safetensors'),
+    ('truncate', r'cannot read .*model\.safetensors: '),
 ])
 def test_broken_checkpoints_name_the_problem(tmp_path, hf_dir, damage, message):
     from safetensors.torch import load_file, save_file
@@ -237,11 +238,13 @@ def test_bad_freeze_specs_say_what_is_valid(spec):
 
 def test_frozen_parameters_do_not_move_trainable_ones_do(capsys):
     torch.manual_seed(0)
-    m = GPT(GPTConfig(n_layer=4, n_head=2, n_embd=32, vocab_size=0, n_classes=3, img_size=16, patch_size=8, dropout=0.1))
+    m = GPT(GPTConfig(n_layer=4, n_head=2, n_embd=32, vocab_size=0, n_classes=3, img_size=16, patch_size=8,
+                      dropout=0.1))
     m.freeze('0-2,wpe')
-    assert 'freeze: blocks 0-1 (2 of 4), wpe;' in capsys.readouterr().out
+    assert 'freeze: blocks [0, 1] (2 of 4), wpe;' in capsys.readouterr().out
     opt = m.configure_optimizers(0.05, 1e-2, (0.9, 0.95), 'cpu')
-    assert sum(p.numel() for g in opt.param_groups for p in g['params']) == sum(p.numel() for p in m.parameters() if p.requires_grad)
+    in_optimizer = sum(p.numel() for g in opt.param_groups for p in g['params'])
+    assert in_optimizer == sum(p.numel() for p in m.parameters() if p.requires_grad)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     for _ in range(3):
         loss = torch.nn.functional.cross_entropy(m(torch.randn(8, 3, 16, 16)), torch.randint(0, 3, (8,)))
@@ -266,7 +269,7 @@ def test_optimizer_decays_matrices_only(capsys):
 def test_generate_with_byte_level_encoding(hf_dir):
     hf, path = hf_dir
     ours = GPT.from_pretrained(path).eval()
-    enc = model.byte_encoding()
+    enc = sample.byte_encoding()
     idx = torch.tensor([enc.encode('Hello')])
     out = ours.generate(idx, 12, temperature=1e-4, top_k=5)  # ~greedy
     assert out.shape == (1, 5 + 12) and out[0, :5].tolist() == enc.encode('Hello')
@@ -275,12 +278,12 @@ def test_generate_with_byte_level_encoding(hf_dir):
     assert 0 <= out.max() < 300
 
 
-def test_model_cli_samples_from_a_local_dir(hf_dir):
+def test_sample_cli_samples_from_a_local_dir(hf_dir):
     _, path = hf_dir
-    r = cli('model.py', path, 'Hello')
+    r = cli('sample.py', path, 'Hello')
     assert r.returncode == 0, r.stderr
     assert 'byte-level tokens' in r.stdout and r.stdout.count('---\nHello') == 2
-    r = cli('model.py', '/no/such/dir')
+    r = cli('sample.py', '/no/such/dir')
     assert r.returncode == 1 and r.stderr.startswith("error: no weights '/no/such/dir'") and 'Traceback' not in r.stderr
 
 
@@ -385,7 +388,8 @@ def test_cifar_loading_says_both_sizes(tmp_path, monkeypatch, capsys):
             self.targets, self.classes = [i % 10 for i in range(n)], [str(i) for i in range(10)]
     monkeypatch.setitem(data.CIFAR, 'cifar10', FakeCIFAR)
     d = data.load_dataset('cifar10', str(tmp_path), 224, 'cpu')
-    assert d['train'][0].shape == (20, 3, 32, 32) and d['train'][0][7].eq(7).all() and d['test'][1].tolist() == list(range(10))
+    assert d['train'][0].shape == (20, 3, 32, 32) and d['train'][0][7].eq(7).all()
+    assert d['test'][1].tolist() == list(range(10))
     torch.testing.assert_close(d['mean'].flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
     assert 'stored 32x32 on cpu, trained at 224x224' in capsys.readouterr().out
 
@@ -463,7 +467,8 @@ def test_bridge_then_finetune_hand_off_and_eval_on_the_runs_own_data(folder, tmp
                  '--batch_size', '8', '--device', 'cpu', '--compile', 'False', '--num_workers', '0'])
     assert 'a new head for 3 classes' in capsys.readouterr().out
     f = torch.load(tmp_path / 'f' / 'ckpt.pt', weights_only=True)
-    assert f['model_config']['patch_size'] == 8 and f['config']['img_size'] == 16 and f['model']['head.weight'].shape == (3, 64)
+    assert f['model_config']['patch_size'] == 8 and f['config']['img_size'] == 16
+    assert f['model']['head.weight'].shape == (3, 64)
     for k, v in f['model'].items():
         if k.startswith(('transformer.h.0.', 'transformer.wpe')):
             assert torch.equal(v, b[k]), k                                 # frozen: still the bridge weights
@@ -478,9 +483,10 @@ def test_bridge_then_finetune_hand_off_and_eval_on_the_runs_own_data(folder, tmp
 def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp_path):
     hf = hf_gpt2(n_layer=3, n_head=2, n_embd=32, n_positions=32, vocab_size=50)
     hf.save_pretrained(tmp_path / 'hf')
-    bridge.main(['--init_from', str(tmp_path / 'hf'), '--freeze', '0-2,wpe', '--dataset', 'folder', '--data_dir', folder,
-                 '--out_dir', str(tmp_path / 'o'), '--img_size', '16', '--patch_size', '4', '--max_iters', '4',
-                 '--batch_size', '16', '--device', 'cpu', '--compile', 'False', '--num_workers', '0', '--lr', '1e-2'])
+    bridge.main(['--init_from', str(tmp_path / 'hf'), '--freeze', '0-2,wpe', '--dataset', 'folder',
+                 '--data_dir', folder, '--out_dir', str(tmp_path / 'o'), '--img_size', '16', '--patch_size', '4',
+                 '--max_iters', '4', '--batch_size', '16', '--device', 'cpu', '--compile', 'False',
+                 '--num_workers', '0', '--lr', '1e-2'])
     sd = torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['model']
     ref = hf.state_dict()
     assert 'transformer.wte.weight' not in sd
@@ -522,7 +528,8 @@ def test_resume_after_a_signal_is_bit_identical_with_the_same_command(folder, tm
     for k in a['model']:
         assert torch.equal(a['model'][k], b['model'][k]), k
     assert torch.equal(a['optimizer']['state'][0]['exp_avg_sq'], b['optimizer']['state'][0]['exp_avg_sq'])
-    assert resumed['test_loss'] == full['test_loss'] and resumed['train_loss'] == pytest.approx(full['train_loss'], rel=1e-6)
+    assert resumed['test_loss'] == full['test_loss']
+    assert resumed['train_loss'] == pytest.approx(full['train_loss'], rel=1e-6)
     assert [m['iter'] for m in metrics(tmp_path / 'cut')] == [10, 15, 20, 24]
     assert json.load(open(tmp_path / 'cut' / 'config.json'))['init_from'] == 'scratch'
     assert sorted(os.listdir(tmp_path / 'cut')) == ['ckpt.pt', 'config.json', 'metrics.jsonl']  # no stale .tmp
@@ -566,7 +573,7 @@ def test_divergence_never_writes_a_checkpoint_and_eval_prints_valid_json(folder,
     bad = dict(good, model={k: v * float('nan') if k == 'head.weight' else v for k, v in good['model'].items()})
     torch.save(bad, tmp_path / 'nan.pt')
     capsys.readouterr()
-    with pytest.raises(UserError, match=r'test loss nan: its weights have diverged'):
+    with pytest.raises(UserError, match=r'nan.pt: test loss nan: its weights diverged'):
         bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'nan.pt'), '--device', 'cpu'])
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1])['test_loss'] is None
 
@@ -649,13 +656,16 @@ def test_outlier_counts_on_a_hand_built_state_dict(tmp_path):
           'h.1.mlp.c_proj.bias': torch.tensor([0.5, -1.5]),                                             # 1
           'h.1.mlp.c_fc.weight': torch.tensor([-1.0, 1.0] * 50 + [30.0]),                               # 1; 9.4 std out
           'wte.weight': torch.tensor([[2.0, 0.0], [0.0, 0.0]]),                                         # 1, embedding
-          'h.0.attn.bias': torch.ones(1, 1, 4, 4),                                                      # a mask: ignored
+          'h.0.attn.bias': torch.ones(1, 1, 4, 4),                                                      # a mask
           'step': torch.tensor(5)}                                                                      # not a weight
     torch.save(sd, tmp_path / 'hand.pt')
-    r = analysis.main(['outliers', str(tmp_path / 'hand.pt'), '--out', str(tmp_path / 'o')])['models'][str(tmp_path / 'hand.pt')]
+    hand = str(tmp_path / 'hand.pt')
+    r = analysis.main(['outliers', hand, '--out', str(tmp_path / 'o')])['models'][hand]
     assert r['all'] == dict(params=121, outliers=7, ratio=7 / 121, relative_outliers=1, relative_ratio=1 / 121)
-    assert (r['without_layernorm_and_embeddings']['params'], r['without_layernorm_and_embeddings']['outliers']) == (113, 5)
-    assert [(b['block'], b['params'], b['outliers'], b['relative_outliers']) for b in r['per_block']] == [(0, 14, 4, 0), (1, 103, 2, 1)]
+    core = r['without_layernorm_and_embeddings']
+    assert (core['params'], core['outliers']) == (113, 5)
+    blocks = [(b['block'], b['params'], b['outliers'], b['relative_outliers']) for b in r['per_block']]
+    assert blocks == [(0, 14, 4, 0), (1, 103, 2, 1)]
     assert assert_png_and_json(tmp_path / 'o')['threshold'] == 1.0
     r = analysis.main(['outliers', str(tmp_path / 'hand.pt'), '--threshold', '2.5', '--out', str(tmp_path / 'o2')])
     assert r['models'][str(tmp_path / 'hand.pt')]['all']['outliers'] == 2                             # 3.0 and 30.0
@@ -675,7 +685,8 @@ def test_outliers_of_gpt2_checkpoints_and_runs(bridged, hf_dir, tmp_path):
 
 def test_run_directory_rebuilds_the_runs_step_zero(folder, tmp_path):
     """Only the head trains: every other tensor of the checkpoint must equal the rebuilt step 0, bit for bit."""
-    run(folder, tmp_path / 'r', '--max_iters', '3', '--batch_size', '16', '--freeze', '0-2,wpe,ln_f,patch', '--lr', '1e-2')
+    run(folder, tmp_path / 'r', '--max_iters', '3', '--batch_size', '16', '--freeze', '0-2,wpe,ln_f,patch',
+        '--lr', '1e-2')
     start, _, _ = analysis.load_run(str(tmp_path / 'r'), 'cpu')
     end, _, _ = analysis.load_run(str(tmp_path / 'r' / 'ckpt.pt'), 'cpu')
     s, e = start.state_dict(), end.state_dict()
@@ -708,7 +719,8 @@ def test_curves_plot_every_run(bridged, tmp_path):
 
 def test_landscape_ends_are_the_start_and_end_of_training(bridged, tmp_path, folder):
     run_dir = str(bridged / 'bridge')  # a run directory: its ckpt.pt is the end, its step 0 the start
-    r = analysis.main(['landscape', run_dir, '--grid', '5', '--batches', '1', '--batch_size', '32', '--out', str(tmp_path / 'l')])
+    r = analysis.main(['landscape', run_dir, '--grid', '5', '--batches', '1', '--batch_size', '32',
+                       '--out', str(tmp_path / 'l')])
     assert assert_png_and_json(tmp_path / 'l')['alphas'] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert len(r['loss']) == 5 and all(len(row) == 5 for row in r['loss'])
     assert r['loss'][2][2] == pytest.approx(r['loss_end']) and r['loss'][2][0] == pytest.approx(r['loss_start'])
@@ -739,7 +751,8 @@ def test_alignment_rises_under_random_labels_on_anisotropic_images_only(tmp_path
     for kind in ('smooth', 'noise'):
         root = write_patterns(tmp_path / kind, kind)
         run(root, tmp_path / f'run_{kind}', '--max_iters', '400', '--batch_size', '32', '--lr', '1e-2',
-            '--warmup_epochs', '1', '--aug', 'none', '--dropout', '0', '--label_smoothing', '0', '--eval_interval', '400')
+            '--warmup_epochs', '1', '--aug', 'none', '--dropout', '0', '--label_smoothing', '0',
+            '--eval_interval', '400')
         r = analysis.main(['alignment', str(tmp_path / f'run_{kind}'), str(tmp_path / f'run_{kind}' / 'ckpt.pt'),
                            '--images', '128', '--out', str(tmp_path / f'a_{kind}')])
         assert_png_and_json(tmp_path / f'a_{kind}')
@@ -758,8 +771,8 @@ def test_analysis_needs_matplotlib(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- bench.py
 def test_bench_runs_on_cpu_says_what_it_does_and_ends_with_json():
-    r = cli('bench.py', '--model', '2x64', '--img_size', '16', '--patch_size', '4', '--batch_size', '8', '--device', 'cpu',
-            '--compile', 'False', '--steps', '2', '--rounds', '2', '--warmup', '1')
+    r = cli('bench.py', '--model', '2x64', '--img_size', '16', '--patch_size', '4', '--batch_size', '8',
+            '--device', 'cpu', '--compile', 'False', '--steps', '2', '--rounds', '2', '--warmup', '1')
     assert r.returncode == 0, r.stderr
     out = strict_json(r.stdout.strip().splitlines()[-1])
     assert out['ours_img_s'] > 0 and out['hf_img_s'] > 0 and out['data_img_s'] > 0 and out['mfu'] is None
@@ -814,8 +827,8 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*BASE, *SCRATCH, '--img_size', '18'], r'img_size 18 is not a multiple of patch_size 4'),
     ('bridge', [*BASE, *SCRATCH, '--img_size', '256'], r"4096 patches \(256/4\)\^2 exceed GPT-2's 1024 positions"),
     ('bridge', [*BASE, '--init_from', '/no/weights'], r'--init_from /no/weights: no such file or directory; use gpt2'),
-    ('bridge', [*BASE, '--init_from', '{tmp}/junk.pt'], r'cannot read checkpoint .*junk.pt'),
-    ('bridge', [*BASE, '--stage', 'eval'], r"--stage eval needs --init_from a ckpt.pt of bridge.py, not 'gpt2-medium'"),
+    ('bridge', [*BASE, '--init_from', '{tmp}/junk.pt'], r'cannot read .*junk.pt: '),
+    ('bridge', [*BASE, '--stage', 'eval'], r'--stage eval needs --init_from a ckpt.pt of bridge.py, not gpt2-medium'),
     ('bridge', [*BASE, '--init_from', '{run}/ckpt.pt', '--patch_size', '8'],
      r'--patch_size 8: .*ckpt.pt was trained with patch_size 4, part of its network'),
     ('bridge', [*BASE, *SCRATCH, '--data_dir', '/no/data'], r'no image folder at /no/data/train'),
@@ -824,8 +837,8 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*BASE, '--stage', 'eval', '--init_from', '{run}/ckpt.pt', '--data_dir', '{three}'],
      r'ckpt.pt classifies 4 classes \(class0, .*\), folder at .*three has 3'),
     # a run's folder: never replaced, resumed only as it was
-    ('bridge', [*BASE, *SCRATCH, '--out_dir', '{run}'], r'bridge holds a bridge run at step 30: continue it with '
-                                                         r'--init_from resume, or start elsewhere with another --out_dir'),
+    ('bridge', [*BASE, *SCRATCH, '--out_dir', '{run}'],
+     r'bridge holds a bridge run at step 30: continue it with --init_from resume, or start elsewhere with another'),
     ('bridge', [*BASE, '--init_from', 'resume'], r'--init_from resume: no checkpoint at .*run/ckpt.pt'),
     ('bridge', [*RESUME, '--lr', '1'], r"continues .*bridge as it was: --lr 1.0 is not the run's 0.003"),
     ('bridge', [*RESUME, '--stage', 'finetune'], r"--stage 'finetune' is not the run's 'bridge'"),
