@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import UserError, cores, parse, pick_device, run_cli, to_json
+from configurator import UserError, cores, parse, pick_device, run_cli, set_threads, to_json
 from data import Images, augment, scan, train_batches
 from model import GPT, GPTConfig, architecture, peak_flops
 
@@ -190,6 +190,7 @@ def time_stream(c, device):
 def main(argv):
     c = parse(argv, globals(), CHOICES, POSITIVE)[0]
     device = pick_device(c.device)
+    print(f"{set_threads(device)} CPU threads (the free cores; OMP_NUM_THREADS sets them)")
     if c.stream:
         result = time_stream(c, device)
         print(to_json(result))

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import UserError, cores, parse, pick_device, run_cli, to_json
+from configurator import UserError, cores, parse, pick_device, run_cli, set_threads, to_json
 from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
 from model import (OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec, init_model,
                    peak_flops, read_checkpoint, weights_hash)
@@ -89,8 +89,8 @@ def main(argv):
 
 
 def run(c, ckpt, resuming, env):
-    print(f"device {env.device} ({torch.get_num_threads()} CPU threads), {env.dtype}, "
-          f"{env.world} process{'es' * (env.world > 1)}")
+    print(f"device {env.device} ({env.threads} CPU threads: the free cores; OMP_NUM_THREADS sets "
+          f"them), {env.dtype}, {env.world} process{'es' * (env.world > 1)}")
     d = load_data(c, ckpt, resuming, env)
     net, start = build_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)
@@ -454,8 +454,8 @@ def check_flags(c, given, ckpt):
 
 
 def setup(c):
-    """-> env: device, autocast dtype and context, rank, world. torchrun sets RANK: one GPU (or CPU
-    process) per rank; on the CPU, each rank takes its share of the cores (OMP_NUM_THREADS wins)."""
+    """-> env: device, autocast dtype and context, rank, world, CPU threads. torchrun sets RANK:
+    one GPU (or CPU process) per rank, each with its share of the cores (see set_threads)."""
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     device = pick_device(c.device)
     if device.type == 'cuda' and world > 1:
@@ -465,8 +465,7 @@ def setup(c):
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if 'OMP_NUM_THREADS' not in os.environ:
-        torch.set_num_threads(cores())
+    threads = set_threads(device)
     name = c.dtype
     if name == 'auto' and device.type == 'cuda':
         name = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
@@ -474,7 +473,8 @@ def setup(c):
     ctx = contextlib.nullcontext()
     if dtype != torch.float32:
         ctx = torch.autocast(device.type, dtype=dtype)
-    return SimpleNamespace(device=device, dtype=dtype, ctx=ctx, rank=rank, world=world)
+    return SimpleNamespace(device=device, dtype=dtype, ctx=ctx, rank=rank, world=world,
+                           threads=threads)
 
 
 def load_data(c, ckpt, resuming, env):

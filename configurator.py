@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import time
 from types import SimpleNamespace
 
 import torch
@@ -117,6 +118,39 @@ def cores():
     """The CPU cores this process may use: its affinity mask, shared by torchrun's local ranks."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     return max(1, n // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+
+
+def set_threads(device):
+    """torch's CPU threads: on the CPU, the cores that other processes leave idle now (an OpenMP
+    thread on a busy core stalls all the others: 2.5x slower on 2 cores with one busy); else
+    cores(). OMP_NUM_THREADS, when set, wins. -> the number of threads."""
+    if 'OMP_NUM_THREADS' not in os.environ:
+        torch.set_num_threads(free_cores() if device.type == 'cpu' else cores())
+    return torch.get_num_threads()
+
+
+def free_cores(seconds=0.2):
+    """The cores of this process's affinity mask that sat idle over the next `seconds` (Linux's
+    /proc/stat), shared by torchrun's local ranks; where that cannot be read, cores()."""
+    try:
+        before = cpu_times()
+        time.sleep(seconds)
+        after = cpu_times()
+    except (OSError, AttributeError):
+        return cores()
+    busy = sum((after[k][0] - before[k][0]) / max(1, after[k][1] - before[k][1]) for k in after)
+    return max(1, round(len(after) - busy) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+
+
+def cpu_times():
+    """{cpu: (busy, total) clock ticks} since boot, for the CPUs this process may run on."""
+    allowed, times = os.sched_getaffinity(0), {}
+    with open('/proc/stat') as f:
+        for name, *ticks in (line.split() for line in f):
+            if name[:3] == 'cpu' and name[3:].isdigit() and int(name[3:]) in allowed:
+                t = [int(x) for x in ticks[:8]]  # user nice system idle iowait irq softirq steal
+                times[name] = (sum(t) - t[3] - t[4], sum(t))
+    return times
 
 
 def to_json(obj, **kwargs):

@@ -7,8 +7,10 @@ Run: python -m pytest -q test_bridge.py
 import json
 import os
 import re
-import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -65,6 +67,20 @@ def test_readme_flag_list_is_the_help_of_bridge():
     readme = open(os.path.join(HERE, 'README.md')).read()
     flags = configurator.help_text(vars(bridge)).split('flags (--name value or --name=value):\n')[1]
     assert flags in readme, 'README.md: paste `python bridge.py --help`\'s flag lines'
+
+
+def test_threads_are_the_cores_other_processes_leave_idle(monkeypatch):
+    snapshots = iter([{'cpu0': (100, 1000), 'cpu1': (50, 1000)},     # (busy, total) ticks since boot
+                      {'cpu0': (195, 1100), 'cpu1': (55, 1100)}])    # cpu0 was 95% busy, cpu1 5%
+    monkeypatch.setattr(configurator, 'cpu_times', lambda: next(snapshots))
+    assert configurator.free_cores(0) == 1
+    monkeypatch.undo()
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.5)
+        assert configurator.free_cores() <= max(1, len(os.sched_getaffinity(0)) - 1)  # a real busy core
+    finally:
+        spinner.kill()
 
 
 def test_json_is_always_valid():
@@ -614,8 +630,9 @@ def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
 def ddp_worker(rank, folder, out, port, queue):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', LOCAL_WORLD_SIZE='2',
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    assert torch.get_num_threads() >= 1 and configurator.cores() == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert configurator.cores() == max(1, len(os.sched_getaffinity(0)) // 2)  # each rank its share
     queue.put((rank, run(folder, out, '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3')))
+    assert torch.get_num_threads() <= configurator.cores()
 
 
 def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
@@ -764,7 +781,7 @@ def test_alignment_rises_under_random_labels_on_anisotropic_images_only(tmp_path
 
 
 def test_analysis_needs_matplotlib(tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__('sys').modules, 'matplotlib', None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if it were not installed
     with pytest.raises(UserError, match='pip install matplotlib scikit-learn'):
         analysis.main(['curves', str(tmp_path)])
 
