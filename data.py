@@ -140,9 +140,10 @@ class Images(torch.utils.data.Dataset):
 
 
 def decode(path, side):
-    """An image file -> uint8 (3, side, side): its central square, resized (bicubic). The least work
-    on the CPU: a large JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers side. 16-bit
-    images keep their top 8 bits (convert('RGB') would clip them to black and white)."""
+    """An image file -> uint8 (3, side, side): its central square, resized. The least work on the
+    CPU: a large JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers side, and the resize
+    is bilinear (antialiased; 1.3x faster than bicubic at 500x375 -> 224, and the crops on the
+    device are bicubic). 16-bit images keep their top 8 bits (convert('RGB') clips them)."""
     with Image.open(path) as img:
         if not side:
             return torch.zeros(3, 0, 0, dtype=torch.uint8)
@@ -152,7 +153,7 @@ def decode(path, side):
         w, h = img.size
         s = min(w, h)
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-        img = img.convert('RGB').resize((side, side), Image.Resampling.BICUBIC, box=box)
+        img = img.convert('RGB').resize((side, side), Image.Resampling.BILINEAR, box=box)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
