@@ -13,6 +13,7 @@ its checkpoint keeps. `outliers` also takes GPT-2 names, Hugging Face checkpoint
 file (a vision model to compare with). Needs matplotlib and scikit-learn.
 """
 import json
+import math
 import os
 import re
 from types import SimpleNamespace
@@ -172,9 +173,10 @@ def count_outliers(sd, f):
 def outliers(sources, f):
     """Fig. 2: weight values against their index, the outliers red; the distribution of |w|."""
     plt = pyplot()
-    cols = min(3, len(sources) + 1)
-    rows = -(-(len(sources) + 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    cols = min(3, math.ceil(math.sqrt(len(sources) + 1)))  # the sources, then a histogram
+    rows = math.ceil((len(sources) + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False,
+                             layout='constrained')
     axes = axes.flatten()
     result = {'threshold': f.threshold, 'k_std': f.k_std, 'models': {}}
     for ax, src in zip(axes, sources):
@@ -385,7 +387,8 @@ def alignment(sources, f):
     <Sigma_w, Sigma_x> / (|Sigma_w| |Sigma_x|) and the overlap of their top_k eigenvectors
     (|U_w^T U_x|_F^2 / k: 1 = the same subspace, k/D = chance)."""
     plt = pyplot()
-    fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 4.2), width_ratios=(3, 2))
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.2), width_ratios=(3, 2),
+                                   layout='constrained')
     result, cache = {}, {}
     for i, src in enumerate(sources):
         net, c, _ = load_run(src, f.device)
@@ -393,8 +396,9 @@ def alignment(sources, f):
         if key not in cache:
             cache[key] = patch_covariance(net, run_images(c, f, f.device), f)
             evals = cache[key][1]
-            ax.plot((evals / evals.sum()).clamp(min=1e-12).cpu().numpy(), 'k-', lw=2.5,
-                    label='Sigma_x (its eigenvalues)')
+            ax.plot(range(1, len(evals) + 1), (evals.cumsum(0) / evals.sum()).cpu().numpy(), 'k-',
+                    lw=2.5, label='Sigma_x itself')
+            ax.plot([0, len(evals)], [0, 1], color='0.6', ls='--', lw=1, label='isotropic Sigma_w')
         sigma_x, evals, ux = cache[key]
         w = net.patch.weight.detach().double().reshape(net.config.n_embd, -1)  # (C, 3*p*p)
         sigma_w = w.T @ w / w.size(0)
@@ -405,13 +409,13 @@ def alignment(sources, f):
         result[src] = dict(alignment=cosine, top_k_overlap=overlap, k=k,
                            chance_overlap=k / uw.size(1))
         print(to_json(dict(source=src, **result[src])))
-        along = torch.diagonal(ux.T @ sigma_w @ ux)  # Sigma_w along Sigma_x's eigenvectors
-        ax.plot((along / along.sum()).cpu().numpy(), lw=1.2, ls=('-', '--', ':', '-.')[i % 4],
-                label=f"{name_of(src)}")
+        along = torch.diagonal(ux.T @ sigma_w @ ux)  # Sigma_w's variance along Sigma_x's axes
+        ax.plot(range(1, len(along) + 1), (along.cumsum(0) / along.sum()).cpu().numpy(), lw=1.5,
+                color=f"C{i}", label=f"Sigma_w of {name_of(src)}")
         bars.barh([name_of(src)], [cosine], color=f"C{i}")
         bars.text(cosine, i, f" {cosine:.3f} (top-{k} overlap {overlap:.2f})", va='center')
-    ax.set(yscale='log', xlabel="eigenvector of Sigma_x (largest first)",
-           ylabel='share of variance', title='Sigma_w along the eigenvectors of Sigma_x')
+    ax.set(xlabel="k: the top-k eigenvectors of Sigma_x", ylabel='share of the variance in them',
+           ylim=(0, 1.02), title='how much of Sigma_w lies along the main axes of Sigma_x')
     ax.legend()
     bars.set(xlim=(0, 1.3), xlabel='cosine(Sigma_w, Sigma_x)', title='alignment')
     bars.invert_yaxis()

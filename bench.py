@@ -180,7 +180,7 @@ def time_stream(c, device):
         next(batches)
     sync(device)
     img_s = c.steps * c.batch_size / (time.perf_counter() - t)
-    print(f"stream: {img_s:.1f} images/s with {c.num_workers} workers, "
+    print(f"stream: {img_s:.1f} images/s with {c.num_workers} worker{'s' * (c.num_workers != 1)}, "
           f"{img_s / max(1, c.num_workers):.1f} per worker")
     return dict(stream_img_s=round(img_s, 1), workers=c.num_workers, img_size=c.img_size,
                 per_worker_img_s=round(img_s / max(1, c.num_workers), 1), device=str(device),

@@ -136,8 +136,8 @@ def schedule(c, per_epoch):
     total = c.max_iters or max(1, round(c.epochs * per_epoch))
     warmup = round(c.warmup_epochs * per_epoch)
     if warmup > total // 10:
-        print(f"warmup: {c.warmup_epochs:g} epochs = {warmup} steps do not fit a {total}-step run: "
-              f"{total // 10} steps instead, a tenth of it")
+        print(f"warmup: {c.warmup_epochs:g} epochs = {warmup} steps, more than a tenth of this "
+              f"{total}-step run: {total // 10} steps instead")
         warmup = total // 10
     return total, warmup
 
