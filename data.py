@@ -42,10 +42,11 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
     if memory_gb is None:
         memory_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4e9
     if name in CIFAR:
-        (xtr, ytr, classes), (xte, yte, _) = (cifar(name, data_dir, t) for t in (True, False))
+        (xtr, ytr, classes, htr), (xte, yte, _, hte) = (cifar(name, data_dir, t) for t in (1, 0))
     else:
-        xtr, ytr, classes = image_folder(f"{data_dir}/train", img_size, memory_gb, num_workers)
-        xte, yte, val_classes = image_folder(f"{data_dir}/val", img_size, memory_gb, num_workers)
+        train, val = f"{data_dir}/train", f"{data_dir}/val"
+        xtr, ytr, classes, htr = image_folder(train, img_size, memory_gb, num_workers)
+        xte, yte, val_classes, hte = image_folder(val, img_size, memory_gb, num_workers)
         if val_classes != classes:
             raise UserError(f"{data_dir}: train and val hold other classes; expected {LAYOUT}")
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
@@ -55,15 +56,16 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
           f"{stored} on {device}, trained at {img_size}x{img_size} (resized a batch at a time)")
     labels = torch.cat([ytr, yte]).to(torch.int64).numpy().tobytes()
     fingerprint = dict(classes=list(classes), train=len(ytr), test=len(yte),  # a run's data
-                       labels=hashlib.sha256(labels).hexdigest()[:16])
+                       labels=hashlib.sha256(labels).hexdigest()[:16],
+                       images=hashlib.sha256((htr + hte).encode()).hexdigest()[:16])
     on_device = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
     return dict(train=(on_device(xtr), ytr.to(device)), test=(on_device(xte), yte.to(device)),
                 classes=classes, mean=mean, std=std, fingerprint=fingerprint)
 
 
 def cifar(name, data_dir, train):
-    """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 (N, 3, 32, 32),
-    labels."""
+    """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 (N, 3, 32, 32), labels,
+    class names, a hash of the pixels."""
     cls = CIFAR[name]
     try:
         ds = cls(data_dir, train=train, download=True)  # checks the files, downloads if missing
@@ -72,14 +74,15 @@ def cifar(name, data_dir, train):
                         f"offline? put {cls.filename} (from {cls.url}) or its extracted "
                         f"{cls.base_folder}/ into {data_dir}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
-    return images, torch.tensor(ds.targets), ds.classes
+    return images, torch.tensor(ds.targets), ds.classes, hashlib.sha256(ds.data).hexdigest()
 
 
 # ----------------------------------------------------------------------------- image folders
 def image_folder(root, side, memory_gb, num_workers):
     """DATA_DIR/<split> -> (uint8 images (N, 3, side, side), or an Images dataset to stream when
-    larger than memory_gb), labels (N,), class names. Every file is opened before anything trains,
-    and the unreadable ones are named together."""
+    larger than memory_gb), labels (N,), class names, a hash of the files' paths (relative: the
+    folder may move) and sizes. Every file is opened first, and the unreadable ones are named
+    together."""
     samples, classes = scan(root)
     gb = len(samples) * 3 * side * side / 1e9
     stream = gb > memory_gb
@@ -93,7 +96,9 @@ def image_folder(root, side, memory_gb, num_workers):
         raise UserError(f"{len(bad)} unreadable image file{'s' * (len(bad) > 1)} in {root}: "
                         f"{', '.join(bad[:3])}{', ...' * (len(bad) > 3)}")
     labels = torch.tensor([k for _, k in samples])
-    return (Images(samples, side) if stream else torch.cat(images)), labels, classes
+    files = ''.join(f"{os.path.relpath(p, root)} {os.path.getsize(p)}\n" for p, _ in samples)
+    images = Images(samples, side) if stream else torch.cat(images)
+    return images, labels, classes, hashlib.sha256(files.encode()).hexdigest()
 
 
 def scan(root):

@@ -7,6 +7,7 @@ Run: python -m pytest -q test_bridge.py
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -563,16 +564,19 @@ def test_a_fresh_run_never_replaces_a_run_and_a_failed_start_writes_nothing(fold
     assert not os.path.exists(tmp_path / 'new')  # nothing written before the run could start
 
 
-def test_resume_refuses_other_data_with_the_same_image_count(folder, tmp_path):
+def test_resume_takes_the_runs_data_moved_but_no_other(folder, tmp_path):
     run(folder, tmp_path / 'r', '--max_iters', '2', '--batch_size', '16')
-    other = make_folder(tmp_path / 'other', seed=1)  # the same classes and counts, other images
-    resumed = run(other, tmp_path / 'r', '--max_iters', '3', '--batch_size', '16', '--init_from', 'resume')
-    assert resumed['iter'] == 3  # the fingerprint is classes, counts and labels: these match
-    relabelled = make_folder(tmp_path / 'relabelled', n_classes=4)
-    os.rename(os.path.join(relabelled, 'train', 'class3'), os.path.join(relabelled, 'train', 'class9'))
-    os.rename(os.path.join(relabelled, 'val', 'class3'), os.path.join(relabelled, 'val', 'class9'))
-    with pytest.raises(UserError, match=r'is not the data .*r trained on: its classes differ'):
-        run(relabelled, tmp_path / 'r', '--max_iters', '4', '--init_from', 'resume')
+    moved = shutil.copytree(folder, tmp_path / 'moved')
+    resumed = run(str(moved), tmp_path / 'r', '--max_iters', '3', '--batch_size', '16', '--init_from', 'resume')
+    assert resumed['iter'] == 3
+    other = make_folder(tmp_path / 'other', seed=1, noise=80)  # the same classes, counts and labels
+    with pytest.raises(UserError, match=r'is not the data .*r trained on: its images differ'):
+        run(other, tmp_path / 'r', '--max_iters', '4', '--init_from', 'resume')
+    relabelled = shutil.copytree(folder, tmp_path / 'relabelled')
+    for split in ('train', 'val'):
+        os.rename(relabelled / split / 'class3', relabelled / split / 'class9')
+    with pytest.raises(UserError, match=r'is not the data .*r trained on: its classes, images differ'):
+        run(str(relabelled), tmp_path / 'r', '--max_iters', '4', '--init_from', 'resume')
 
 
 def test_divergence_never_writes_a_checkpoint_and_eval_prints_valid_json(folder, tmp_path, monkeypatch, capsys):
@@ -862,7 +866,7 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*RESUME, '--random_label_mode', 'wrong'], r"--random_label_mode 'wrong' is not the run's 'uniform'"),
     ('bridge', [*RESUME, '--patch_size', '8'], r"--patch_size 8 is not the run's 4"),
     ('bridge', [*RESUME, '--data_dir', '{three}'], r'folder at .*three is not the data .*bridge trained on: its '
-                                                   r'classes, train, test, labels differ'),
+                                                   r'classes, train, test, labels, images differ'),
     # analysis.py
     ('analysis', [], r'usage: python analysis.py'),
     ('analysis', ['plots', 'x'], r"unknown subcommand 'plots'"),
