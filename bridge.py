@@ -89,8 +89,8 @@ def main(argv):
 
 
 def run(c, ckpt, resuming, env):
-    print(f"device {env.device} ({env.threads} CPU threads: the free cores; OMP_NUM_THREADS sets "
-          f"them), {env.dtype}, {env.world} process{'es' * (env.world > 1)}")
+    print(f"device {env.device}, {str(env.dtype).removeprefix('torch.')}, {env.world} "
+          f"process{'es' * (env.world > 1)}, {env.threads} CPU threads each (OMP_NUM_THREADS sets them)")
     d = load_data(c, ckpt, resuming, env)
     net, start = build_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)

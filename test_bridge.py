@@ -295,6 +295,17 @@ def test_generate_with_byte_level_encoding(hf_dir):
     assert 0 <= out.max() < 300
 
 
+def test_offline_tiktoken_names_the_files_to_fetch(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError('no network')
+    monkeypatch.setattr(tiktoken, 'get_encoding', offline)
+    with pytest.raises(UserError, match=r'vocab.bpe and encoder.json from https://.*/gpt-2/encodings/main/ .*'
+                                        r'TIKTOKEN_CACHE_DIR'):
+        sample.gpt2_encoding()
+
+
 def test_sample_cli_samples_from_a_local_dir(hf_dir):
     _, path = hf_dir
     r = cli('sample.py', path, 'Hello')
