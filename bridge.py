@@ -89,8 +89,9 @@ def main(argv):
 
 
 def run(c, ckpt, resuming, env):
-    print(f"device {env.device}, {str(env.dtype).removeprefix('torch.')}, {env.world} "
-          f"process{'es' * (env.world > 1)}, {env.threads} CPU threads each (OMP_NUM_THREADS sets them)")
+    dtype = str(env.dtype).removeprefix('torch.')
+    print(f"device {env.device}, {dtype}, {env.world} process{'es' * (env.world > 1)}, "
+          f"{env.threads} CPU threads each (OMP_NUM_THREADS sets them)")
     d = load_data(c, ckpt, resuming, env)
     net, start = build_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)
