@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import UserError, cores, parse, pick_device, run_cli, set_threads, to_json
+from configurator import (UserError, autocast_dtype, cores, parse, pick_device, run_cli,
+                          set_threads, to_json)
 from data import Images, augment, scan, train_batches
 from model import GPT, GPTConfig, architecture, peak_flops
 
@@ -84,13 +85,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def autocast_dtype(name, device, gpu_default):
-    """'auto' -> gpu_default on CUDA, float32 elsewhere."""
-    if name == 'auto':
-        name = gpu_default if device.type == 'cuda' else 'float32'
-    return getattr(torch, name)
-
-
 def build(c, device):
     """Both networks, of the same architecture -> ({name: training step}, our model)."""
     try:
@@ -101,8 +95,8 @@ def build(c, device):
                     patch_size=c.patch_size, dropout=c.dropout)
     torch.manual_seed(c.seed)
     ours, theirs = GPT(cfg).to(device), HFImageGPT2(cfg).to(device)
-    ours_dt = autocast_dtype(c.dtype, device, 'bfloat16')
-    hf_dt = autocast_dtype(c.hf_dtype, device, 'float16')
+    ours_dt = autocast_dtype(c.dtype, device)
+    hf_dt = autocast_dtype(c.hf_dtype, device, on_cuda='float16')
     hf_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.05,
                                **({'fused': True} if device.type == 'cuda' else {}))
     ours_opt = ours.configure_optimizers(0.05, 1e-4, (0.9, 0.999), device.type)

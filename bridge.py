@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import UserError, cores, parse, pick_device, run_cli, set_threads, to_json
+from configurator import (UserError, autocast_dtype, cores, parse, pick_device, run_cli,
+                          set_threads, to_json)
 from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
 from model import (OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec, init_model,
                    peak_flops, read_checkpoint, weights_hash)
@@ -287,8 +288,9 @@ class Clock:
 
     def speed(self, images, world):
         """-> (images per second since the last call, ' | mfu x%' when the GPU's peak is known)."""
-        now, last, self.last = time.time(), self.last, time.time()
-        img_s = images / max(now - last, 1e-9)
+        now = time.time()
+        img_s = images / max(now - self.last, 1e-9)
+        self.last = now
         mfu = f" | mfu {img_s / world * self.flops / self.peak:.1%}" if self.peak else ''
         return img_s, mfu
 
@@ -467,10 +469,7 @@ def setup(c):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     threads = set_threads(device)
-    name = c.dtype
-    if name == 'auto' and device.type == 'cuda':
-        name = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-    dtype = torch.float32 if name == 'auto' else getattr(torch, name)
+    dtype = autocast_dtype(c.dtype, device)
     ctx = contextlib.nullcontext()
     if dtype != torch.float32:
         ctx = torch.autocast(device.type, dtype=dtype)
@@ -516,6 +515,8 @@ def build_model(c, ckpt, resuming, classes):
         print(f"loaded {c.init_from}: step {ckpt['iter']} of a {ckpt['config']['stage']} run; "
               f"{shape}; {mc.img_size}px images in {mc.patch_size}px patches"
               + f"; a new head for {len(classes)} classes" * new_head)
+    if c.stage == 'eval':
+        return net, None
     return net, dict(weights=weights_hash(net), new_head=new_head)
 
 

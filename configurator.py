@@ -164,6 +164,16 @@ def to_json(obj, **kwargs):
     return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
+def autocast_dtype(name, device, on_cuda='bfloat16'):
+    """--dtype -> a torch dtype. 'auto' is on_cuda on CUDA, float32 elsewhere; bfloat16 becomes
+    float16 on GPUs before Ampere."""
+    if name == 'auto' and device.type == 'cuda':
+        name = on_cuda
+    if name == 'bfloat16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        name = 'float16'
+    return torch.float32 if name == 'auto' else getattr(torch, name)
+
+
 def run_cli(main):
     """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1."""
     try:
