@@ -422,6 +422,11 @@ def read_checkpoint(path):
     ckpt = read_weights(path, mmap=True)
     if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
         raise UserError(f"{path} is not a checkpoint written by bridge.py")
+    missing = {'iter', 'history', 'data', 'start', 'world'} - ckpt.keys()
+    if missing:  # the run's metrics, data and start were not kept before these were added
+        raise UserError(f"{path} was written by an older bridge.py (it has no "
+                        f"{', '.join(sorted(missing))}): its weights are ckpt['model']; rerun its "
+                        f"stage to resume or hand it on")
     return ckpt
 
 

@@ -860,6 +860,8 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*BASE, *SCRATCH, '--img_size', '256'], r"4096 patches \(256/4\)\^2 exceed GPT-2's 1024 positions"),
     ('bridge', [*BASE, '--init_from', '/no/weights'], r'--init_from /no/weights: no such file or directory; use gpt2'),
     ('bridge', [*BASE, '--init_from', '{tmp}/junk.pt'], r'cannot read .*junk.pt: '),
+    ('bridge', [*BASE, '--init_from', '{tmp}/old.pt'], r'old.pt was written by an older bridge.py \(it has no data, '
+                                                       r'history, start, world\)'),
     ('bridge', [*BASE, '--stage', 'eval'], r'--stage eval needs --init_from a ckpt.pt of bridge.py, not gpt2-medium'),
     ('bridge', [*BASE, '--init_from', '{run}/ckpt.pt', '--patch_size', '8'],
      r'--patch_size 8: .*ckpt.pt was trained with patch_size 4, part of its network'),
@@ -896,6 +898,7 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
 def test_user_errors(main, argv, message, folder, bridged, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('errors')
     (tmp / 'junk.pt').write_bytes(b'not a checkpoint at all')
+    torch.save(dict(model={}, model_config={}, config={}, iter=3, metrics={}), tmp / 'old.pt')  # before 2026-11-30
     (tmp / 'empty.jsonl').write_text('')
     (tmp / 'cut.jsonl').write_text('{"iter": 1, "epoch": 1, "train_acc": 0.5, "test_acc": 0.5}\n{"iter": 2, "ep')
     three = tmp_path_factory.getbasetemp() / 'three'
