@@ -175,8 +175,9 @@ def autocast_dtype(name, device, on_cuda='bfloat16'):
 
 
 def run_cli(main):
-    """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1."""
+    """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1
+    (under torchrun, from rank 0 only: the others exit quietly)."""
     try:
         main(sys.argv[1:])
     except UserError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if os.environ.get('RANK', '0') == '0' else 1)
