@@ -105,12 +105,13 @@ def run(c, ckpt, resuming, env):
         return result
     # the method: stage 1 trains on random labels, stage 2 on the true ones; frozen blocks keep
     # their language weights (partial bridge training); AdamW trains the rest
-    labels = train_labels(c, d, ckpt if resuming else None)
+    own = ckpt if resuming else None  # the run's own checkpoint: its labels, optimizer, step
+    labels = train_labels(c, d, own)
     net.freeze(c.freeze)
     if not any(p.requires_grad for p in net.parameters()):
         raise UserError(f"--freeze {c.freeze} leaves nothing to train")
     opt = net.configure_optimizers(c.weight_decay, c.lr, (0.9, 0.999), env.device.type)
-    return train(c, env, d, net, opt, labels, ckpt if resuming else None, start)
+    return train(c, env, d, net, opt, labels, own, start)
 
 
 # ----------------------------------------------------------------- the method
@@ -223,7 +224,6 @@ def resume_state(c, env, opt, scaler, ckpt):
     opt.load_state_dict(ckpt['optimizer'])
     if ckpt['scaler']:  # empty unless the run trained in float16
         scaler.load_state_dict(ckpt['scaler'])
-    print(f"resuming {c.out_dir} at step {ckpt['iter']}")
     return ckpt['iter'], ckpt['history']
 
 
@@ -500,7 +500,7 @@ def build_model(c, ckpt, resuming, classes):
     """The network a run starts from (on the CPU), and the record that analysis.py checks a rebuild
     of it against. A checkpoint keeps its head for the classes it learned, unless --reinit_head."""
     if resuming:
-        print(f"loaded the run in {c.out_dir} at step {ckpt['iter']}")
+        print(f"resuming the run in {c.out_dir} at step {ckpt['iter']}")
         return init_model(c.out_dir, c.seed, {}, source=ckpt, new_head=False), ckpt['start']
     image = dict(vocab_size=0, n_classes=len(classes), img_size=c.img_size,
                  patch_size=c.patch_size, dropout=c.dropout)

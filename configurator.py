@@ -117,6 +117,11 @@ def pick_device(name):
 def cores():
     """The CPU cores this process may use: its affinity mask, shared by torchrun's local ranks."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return share(n)
+
+
+def share(n):
+    """This process's share of n cores: torchrun starts LOCAL_WORLD_SIZE processes per machine."""
     return max(1, n // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
 
 
@@ -139,7 +144,7 @@ def free_cores(seconds=0.2):
     except (OSError, AttributeError):
         return cores()
     busy = sum((after[k][0] - before[k][0]) / max(1, after[k][1] - before[k][1]) for k in after)
-    return max(1, round(len(after) - busy) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    return share(round(len(after) - busy))
 
 
 def cpu_times():

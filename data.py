@@ -42,7 +42,8 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
     if memory_gb is None:
         memory_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4e9
     if name in CIFAR:
-        (xtr, ytr, classes, htr), (xte, yte, _, hte) = (cifar(name, data_dir, t) for t in (1, 0))
+        xtr, ytr, classes, htr = cifar(name, data_dir, train=True)
+        xte, yte, _, hte = cifar(name, data_dir, train=False)
     else:
         train, val = f"{data_dir}/train", f"{data_dir}/val"
         xtr, ytr, classes, htr = image_folder(train, img_size, memory_gb, num_workers)
