@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import (UserError, autocast_dtype, cores, parse, pick_device, run_cli,
-                          set_threads, to_json)
+from configurator import (UserError, autocast_dtype, cores, parse, peak_flops, pick_device,
+                          run_cli, set_threads, to_json)
 from data import Images, augment, scan, train_batches
-from model import GPT, GPTConfig, architecture, peak_flops
+from model import GPT, GPTConfig, architecture
 
 model = 'gpt2-medium'    # architecture: an OpenAI size or LAYERSxWIDTH (random weights)
 img_size = 224           # image side

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict
+from datetime import timedelta
 from types import SimpleNamespace
 
 import torch
@@ -26,11 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import (UserError, autocast_dtype, cores, parse, pick_device, run_cli,
-                          set_threads, to_json)
+from configurator import (UserError, autocast_dtype, cores, parse, peak_flops, pick_device,
+                          run_cli, set_threads, to_json)
 from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
 from model import (OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec, init_model,
-                   peak_flops, read_checkpoint, weights_hash)
+                   read_checkpoint, weights_hash)
 
 # ----------------------------------------------------------------- flags (the paper's CIFAR-10 run)
 stage = 'bridge'               # bridge: random labels | finetune: the true labels | eval: accuracy
@@ -303,7 +304,7 @@ def progress(c, env, it, total, per_epoch, lr, since_log, clock, history):
     img_s, mfu = clock.speed(n, env.world)
     eta = (total - it) * c.batch_size * c.grad_accum * env.world / img_s
     print(f"step {it}/{total} (epoch {it / per_epoch:.2f}) | loss {loss:.4f} | acc {acc:.1%} | "
-          f"lr {lr:.2e} | {img_s:.0f} img/s{mfu} | eta {hms(eta)}")
+          f"lr {lr:.2e} | {img_s:.0f} img/s{mfu} | eta {timedelta(seconds=round(eta))}")
 
 
 def diverged(c, it, what, history):
@@ -368,14 +369,11 @@ def atomic(path, write, mode='w'):
 def finish(c, it, history, clock):
     """The closing line: the final and best test accuracy, the time, the checkpoint."""
     best = max(history, key=lambda m: m['test_acc'])
-    print(f"done: {c.stage} stopped at step {it} after {hms(time.time() - clock.start)}; test "
+    took = timedelta(seconds=round(time.time() - clock.start))
+    print(f"done: {c.stage} stopped at step {it} after {took}; test "
           f"accuracy {history[-1]['test_acc']:.2%} (best {best['test_acc']:.2%}, step "
           f"{best['iter']}); checkpoint {c.out_dir}/ckpt.pt")
     return history[-1]
-
-
-def hms(seconds):
-    return f"{int(seconds // 3600)}:{time.strftime('%M:%S', time.gmtime(seconds))}"
 
 
 # ----------------------------------------------------------------- setup: flags, device, data, net

@@ -18,6 +18,7 @@ import torch
 
 FLAG_LINE = re.compile(r'^([a-z]\w*) = (.+?)  # (.+)$')  # lower-case name = default  # comment
 TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16, for MFU
 
 
 class UserError(Exception):
@@ -167,6 +168,14 @@ def to_json(obj, **kwargs):
             return {k: clean(v) for k, v in x.items()}
         return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
     return json.dumps(clean(obj), allow_nan=False, **kwargs)
+
+
+def peak_flops(device):
+    """The dense bf16 peak FLOP/s of the GPU behind device (SXM parts), for MFU; None elsewhere."""
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 def autocast_dtype(name, device, on_cuda='bfloat16'):

@@ -11,7 +11,6 @@ Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps key
 `python sample.py gpt2 "Hello, I'm a language model,"` shows that the weights are GPT-2's.
 """
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -37,8 +36,6 @@ class GPTConfig:
     n_classes: int = 0       # > 0 adds the image path: patch embedding + classification head
     img_size: int = 224      # images are img_size x img_size ...
     patch_size: int = 16     # ... cut into (img_size // patch_size)**2 patch tokens
-    pool: str = 'last'       # 'last' token (the paper's code, FPT: it sees all patches) or 'mean'
-    causal: bool = True      # GPT-2's causal mask (the paper's code); False: bidirectional
 
 
 # the four checkpoints OpenAI released; a single weights file is recognised by its width
@@ -54,8 +51,6 @@ WEIGHTS_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/model
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # keys in GPT-2 checkpoints that are not parameters: causal-mask buffers and the tied output layer
 IGNORED = re.compile(r'(^|\.)(attn\.bias|attn\.masked_bias)$|^lm_head\.weight$')
-# dense bf16 peak FLOP/s of the GPUs MFU is reported for (SXM parts); on others it is not printed
-PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
 FREEZABLE = ('wpe', 'ln_f', 'patch', 'head')  # the parts outside the blocks that --freeze can name
 
 
@@ -67,17 +62,17 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v, heads contiguous
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd = config.n_head, config.n_embd
-        self.dropout, self.causal = config.dropout, config.causal
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
     def forward(self, x):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
         # (B, T, C) -> (B, nh, T, hs): one attention per head
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # flash attention on CUDA under bf16/fp16 (no explicit mask, head size 64): no T x T matrix
+        # flash attention on CUDA under bf16/fp16 (no explicit mask, head size 64): no T x T matrix;
+        # causal as in GPT-2 and the paper's code (a fork trying bidirectional sets it False here)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -161,9 +156,9 @@ class GPT(nn.Module):
         return x.flatten(2).transpose(1, 2)   # (B, T=(H/p)*(W/p), C)
 
     def features(self, images):
-        """(B, 3, H, W) -> (B, C) pooled features (what the head sees; for probes and t-SNE)."""
-        h = self.body(self.patch_tokens(images))
-        return h[:, -1] if self.config.pool == 'last' else h.mean(dim=1)
+        """(B, 3, H, W) -> (B, C) features: the last token's, the only one that sees every patch
+        under the causal mask (the paper's code, FPT). What the head sees; for probes and t-SNE."""
+        return self.body(self.patch_tokens(images))[:, -1]
 
     def forward(self, images):
         """(B, 3, H, W) -> (B, n_classes) logits."""
@@ -172,18 +167,6 @@ class GPT(nn.Module):
     def lm_logits(self, idx):
         """(B, T) token ids -> (B, T, vocab) next-token logits; GPT-2's output layer is wte."""
         return F.linear(self.body(self.transformer.wte(idx)), self.transformer.wte.weight)
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after the (B, T) prompt idx; top_k keeps the k likeliest tokens."""
-        for _ in range(max_new_tokens):
-            logits = self.lm_logits(idx[:, -self.config.block_size:])[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float('Inf')
-            next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, next_id), dim=1)
-        return idx
 
     # ---------------------------------------------------------------- partial bridge training
     def freeze(self, spec):
@@ -215,23 +198,19 @@ class GPT(nn.Module):
             raise UserError(f"{source}: n_embd {config.n_embd} is not a multiple of n_head "
                             f"{config.n_head}")
         model = cls(config)
-        ours = {k.removeprefix('transformer.'): v for k, v in model.state_dict().items()
-                if k.startswith('transformer.')}
-        skipped = {'wte.weight'} - ours.keys()  # an image model keeps no token embedding
+        if not config.vocab_size:  # an image model keeps no token embedding
+            del sd['wte.weight']
+        sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}  # Conv1D: [in, out]
         where = f"{path} does not fit GPT-2 {config.n_layer}x{config.n_embd}"
-        check_keys(where, ours.keys() - sd.keys(), sd.keys() - ours.keys() - skipped)
-        with torch.no_grad():
-            for k, dst in ours.items():
-                w = sd[k].t() if k.endswith(CONV1D) else sd[k]  # Conv1D [in, out] -> [out, in]
-                if w.shape != dst.shape:
-                    raise UserError(f"{where}: shape mismatch for {k}: checkpoint "
-                                    f"{tuple(sd[k].shape)}, needs {tuple(dst.shape)}"
-                                    f"{' transposed' * k.endswith(CONV1D)}")
-                dst.copy_(w)
+        try:
+            missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # 'size mismatch for KEY: ...', a line per tensor
+            raise UserError(f"{where}: {str(e).splitlines()[1].strip()}") from None
+        check_keys(where, missing, unexpected)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads "
-              f"from {path}: {len(ours)} tensors{' (no wte: image model)' * bool(skipped)}; "
-              f"{n_params / 1e6:.2f}M parameters")
+              f"from {path}: {len(sd)} tensors{' (no wte: image model)' * (not config.vocab_size)}"
+              f"; {n_params / 1e6:.2f}M parameters")
         return model
 
     # ---------------------------------------------------------------- optimizer, speed accounting
@@ -241,14 +220,13 @@ class GPT(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        fused = device_type == 'cuda'  # one kernel for all tensors (torch >= 2.4 has it)
         n_decay, n_rest = (sum(p.numel() for p in group) for group in (decay, no_decay))
         print(f"AdamW: {len(decay)} decayed tensors ({n_decay:,} parameters), {len(no_decay)} "
               f"without decay ({n_rest:,}); fused={fused}")
         groups = [{'params': decay, 'weight_decay': weight_decay},
                   {'params': no_decay, 'weight_decay': 0.0}]
-        extra = {'fused': True} if fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_image(self):
         """Training FLOPs an image (PaLM appendix B): 6N a token + attention 12*L*T*C a token."""
@@ -276,28 +254,20 @@ def freeze_spec(spec, n, names=FREEZABLE):
     items = [s.strip() for s in str(spec).split(',')]
     blocks, parts = set(), set()
     for item in items:
+        m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)  # 'A-B' or 'N'
+        span = range(int(m[1]), int(m[2] or int(m[1]) + 1)) if m else range(0)
         if item == 'all':
             blocks.update(range(n))
             parts.update(('wpe', 'ln_f'))
         elif item in names:
             parts.add(item)
-        elif block_range(item, n):
-            blocks.update(block_range(item, n))
+        elif span and span.stop <= n:
+            blocks.update(span)
         elif item != 'none' or len(items) > 1:
             raise UserError(f"bad --freeze item '{item}' in '{spec}': use block ranges A-B (blocks "
                             f"A..B-1, 0 <= A < B <= {n}) or single blocks N < {n}, and/or "
                             f"{', '.join(list(names) + ['all'])}; or 'none' alone")
     return blocks, parts
-
-
-def block_range(item, n):
-    """'A-B' -> range(A, B), 'N' -> range(N, N + 1), when 0 <= A < B <= n; anything else -> None."""
-    m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)
-    if not m:
-        return None
-    a = int(m[1])
-    b = a + 1 if m[2] is None else int(m[2])
-    return range(a, b) if a < b <= n else None
 
 
 def architecture(name):
@@ -422,6 +392,8 @@ def read_checkpoint(path):
     ckpt = read_weights(path, mmap=True)
     if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
         raise UserError(f"{path} is not a checkpoint written by bridge.py")
+    for k in ('pool', 'causal'):  # GPTConfig fields until 2026-11-30, always 'last' and True
+        ckpt['model_config'].pop(k, None)
     missing = {'iter', 'history', 'data', 'start', 'world'} - ckpt.keys()
     if missing:  # the run's metrics, data and start were not kept before these were added
         raise UserError(f"{path} was written by an older bridge.py (it has no "
@@ -429,10 +401,3 @@ def read_checkpoint(path):
                         f"stage to resume or hand it on")
     return ckpt
 
-
-def peak_flops(device):
-    """The dense bf16 peak of the GPU behind device (PEAK_FLOPS), or None where it is not known."""
-    if device.type != 'cuda':
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)

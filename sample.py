@@ -4,6 +4,7 @@ Text from GPT-2, to see that the weights model.py loads are OpenAI's (nanoGPT's 
   python sample.py gpt2 "Hello, I'm a language model,"   # gpt2[-medium|-large|-xl] or a path
 """
 import torch
+import torch.nn.functional as F
 
 from configurator import UserError, run_cli
 from model import GPT
@@ -28,6 +29,19 @@ def gpt2_encoding():
                         f"TIKTOKEN_CACHE_DIR of a machine that ran this online") from None
 
 
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None):
+    """Sample max_new_tokens after the (B, T) prompt idx; top_k keeps the k likeliest tokens."""
+    for _ in range(max_new_tokens):
+        logits = model.lm_logits(idx[:, -model.config.block_size:])[:, -1, :] / temperature
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float('Inf')
+        next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+        idx = torch.cat((idx, next_id), dim=1)
+    return idx
+
+
 def main(argv):
     """python sample.py gpt2|PATH ["prompt"]: two samples of 40 tokens."""
     if argv in (['-h'], ['--help']):
@@ -44,7 +58,7 @@ def main(argv):
     prompt = argv[1] if len(argv) == 2 else "Hello, I'm a language model,"
     torch.manual_seed(1337)
     idx = torch.tensor([enc.encode(prompt)] * 2)
-    for row in model.generate(idx, 40, temperature=0.8, top_k=200).tolist():
+    for row in generate(model, idx, 40, temperature=0.8, top_k=200).tolist():
         print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
 
 

@@ -156,27 +156,10 @@ def test_image_path_equals_transformers_inputs_embeds(hf_dir):
         assert ours(images).shape == (3, 5)
 
 
-def test_bidirectional_attention_and_mean_pooling(hf_dir):
-    _, path = hf_dir
-    images = torch.randn(2, 3, 32, 32)
-    hidden, feats = {}, {}
-    for causal, pool in ((True, 'last'), (False, 'last'), (True, 'mean')):
-        m = GPT.from_pretrained(path, vocab_size=0, n_classes=5, img_size=32, patch_size=8, causal=causal, pool=pool)
-        torch.manual_seed(0)
-        m.eval().patch.reset_parameters()  # the same patch embedding in all three
-        with torch.no_grad():
-            hidden[causal, pool], feats[causal, pool] = m.body(m.patch_tokens(images)), m.features(images)
-    torch.testing.assert_close(feats[True, 'mean'], hidden[True, 'mean'].mean(1))
-    torch.testing.assert_close(feats[True, 'last'], hidden[True, 'last'][:, -1])
-    # causal: the first patch sees only itself; bidirectional: every patch sees all of them
-    assert (hidden[True, 'last'][:, 0] - hidden[False, 'last'][:, 0]).abs().max() > 1e-2
-    assert not torch.equal(feats[True, 'last'], feats[False, 'last'])
-
-
 @pytest.mark.parametrize('damage, message', [
     ('drop h.1.ln_2.bias', r'missing keys h\.1\.ln_2\.bias'),
     ('add h.0.attn.extra', r'unexpected keys h\.0\.attn\.extra'),
-    ('reshape h.0.mlp.c_fc.weight', r'shape mismatch for h\.0\.mlp\.c_fc\.weight'),
+    ('reshape h.0.mlp.c_fc.weight', r'size mismatch for h\.0\.mlp\.c_fc\.weight'),
     ('truncate', r'cannot read .*model\.safetensors: '),
 ])
 def test_broken_checkpoints_name_the_problem(tmp_path, hf_dir, damage, message):
@@ -288,7 +271,7 @@ def test_generate_with_byte_level_encoding(hf_dir):
     ours = GPT.from_pretrained(path).eval()
     enc = sample.byte_encoding()
     idx = torch.tensor([enc.encode('Hello')])
-    out = ours.generate(idx, 12, temperature=1e-4, top_k=5)  # ~greedy
+    out = sample.generate(ours, idx, 12, temperature=1e-4, top_k=5)  # ~greedy
     assert out.shape == (1, 5 + 12) and out[0, :5].tolist() == enc.encode('Hello')
     ref = hf.generate(idx, max_new_tokens=12, do_sample=False, pad_token_id=0)  # greedy, transformers
     assert out.tolist() == ref.tolist()
