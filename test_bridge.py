@@ -491,6 +491,14 @@ def test_bridge_then_finetune_hand_off_and_eval_on_the_runs_own_data(folder, tmp
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1])['dataset'] == 'folder'
 
 
+def test_a_checkpoint_that_names_the_removed_pool_and_causal_fields_still_loads(bridged, tmp_path):
+    ckpt = torch.load(bridged / 'bridge' / 'ckpt.pt', weights_only=True)
+    ckpt['model_config'].update(pool='last', causal=True)  # GPTConfig fields until 2026-11-30
+    torch.save(ckpt, tmp_path / 'old.pt')
+    e = bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'old.pt'), '--device', 'cpu'])
+    assert e['test_acc'] == pytest.approx(ckpt['history'][-1]['test_acc'], abs=1e-6)
+
+
 def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp_path):
     hf = hf_gpt2(n_layer=3, n_head=2, n_embd=32, n_positions=32, vocab_size=50)
     hf.save_pretrained(tmp_path / 'hf')
