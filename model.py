@@ -254,7 +254,7 @@ def freeze_spec(spec, n, names=FREEZABLE):
     items = [s.strip() for s in str(spec).split(',')]
     blocks, parts = set(), set()
     for item in items:
-        m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)  # 'A-B' or 'N'
+        m = re.fullmatch(r'(\d+)(?:-(\d+))?', item)  # 'A-B': range(A, B); 'N': range(N, N + 1)
         span = range(int(m[1]), int(m[2] or int(m[1]) + 1)) if m else range(0)
         if item == 'all':
             blocks.update(range(n))
