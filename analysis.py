@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from configurator import UserError, parse, pick_device, run_cli, to_json
 from data import augment, load_dataset
-from model import GPT, GPTConfig, IGNORED, OFFICIAL, init_model, read_checkpoint, read_weights
-from model import weights_hash
+from model import GPT, IGNORED, OFFICIAL, init_model, read_checkpoint, read_weights, weights_hash
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
 device = 'auto'      # auto | cuda | cpu | mps
@@ -84,8 +83,7 @@ def load_run(src, device):
         if not os.path.isfile(src):
             raise UserError(f"'{src}' is neither a ckpt.pt of bridge.py nor a run directory")
         ckpt = read_checkpoint(src)
-        net = GPT(GPTConfig(**ckpt['model_config']))
-        net.load_state_dict(ckpt['model'])
+        net = init_model(src, ckpt['config']['seed'], {}, source=ckpt, new_head=False)
         print(f"{src}: step {ckpt['iter']} of a {ckpt['config']['stage']} run")
     return net.to(device).eval(), SimpleNamespace(**ckpt['config']), ckpt
 

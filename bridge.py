@@ -468,9 +468,7 @@ def setup(c):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     threads = set_threads(device)
     dtype = autocast_dtype(c.dtype, device)
-    ctx = contextlib.nullcontext()
-    if dtype != torch.float32:
-        ctx = torch.autocast(device.type, dtype=dtype)
+    ctx = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return SimpleNamespace(device=device, dtype=dtype, ctx=ctx, rank=rank, world=world,
                            threads=threads)
 
