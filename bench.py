@@ -98,7 +98,7 @@ def build(c, device):
     ours_dt = autocast_dtype(c.dtype, device)
     hf_dt = autocast_dtype(c.hf_dtype, device, on_cuda='float16')
     hf_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.05,
-                               **({'fused': True} if device.type == 'cuda' else {}))
+                               fused=device.type == 'cuda')
     ours_opt = ours.configure_optimizers(0.05, 1e-4, (0.9, 0.999), device.type)
     ours_net = torch.compile(ours) if c.compile else ours
     hf_net = torch.compile(theirs) if c.hf_compile else theirs
