@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from configurator import UserError, parse, pick_device, run_cli, to_json
 from data import augment, load_dataset
-from model import GPT, IGNORED, OFFICIAL, init_model, read_checkpoint, read_weights, weights_hash
+from checkpoint import init_model, read_checkpoint, weights_hash
+from model import GPT, IGNORED, OFFICIAL, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
 device = 'auto'      # auto | cuda | cpu | mps
@@ -89,7 +90,7 @@ def load_run(src, device):
 
 
 def start_of(run_dir):
-    """The weights a run started from, rebuilt as bridge.py built them (model.init_model) and
+    """The weights a run started from, rebuilt as bridge.py built them (checkpoint.init_model) and
     checked against the fingerprint in the run's checkpoint -> (model, that checkpoint)."""
     path = os.path.join(run_dir, 'ckpt.pt')
     if not os.path.isfile(path):

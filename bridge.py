@@ -6,19 +6,17 @@ Random-label bridge training, then fine-tuning: the two stages of Luo & Shen (TM
   python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # a checkpoint's accuracy
   torchrun --standalone --nproc_per_node=8 bridge.py ...              # several GPUs (DDP)
 
-A run lives in its --out_dir. A fresh run refuses a folder that holds a checkpoint, and writes
-nothing before its flags, data and model have loaded. Ctrl-C (or SIGTERM) stops at the next progress
-line with a checkpoint; the same command with --init_from resume continues it bit for bit.
+A run lives in its --out_dir; checkpoint.py keeps the rules of that folder (what a resume may
+change, the fingerprints, the atomic writes). Ctrl-C (or SIGTERM) stops at the next progress line
+with a checkpoint; the same command with --init_from resume continues it bit for bit.
 """
 import contextlib
-import glob
 import importlib.util
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -30,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import (UserError, autocast_dtype, cores, parse, peak_flops, pick_device,
                           run_cli, set_threads, to_json)
 from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
-from model import (OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec, init_model,
-                   read_checkpoint, weights_hash)
+import checkpoint
+from model import OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec
 
 # ----------------------------------------------------------------- flags (the paper's CIFAR-10 run)
 stage = 'bridge'               # bridge: random labels | finetune: the true labels | eval: accuracy
@@ -71,9 +69,6 @@ CHOICES = dict(stage=('bridge', 'finetune', 'eval'), dataset=('cifar10', 'cifar1
                aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
                dtype=('auto', 'bfloat16', 'float16', 'float32'))
 POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
-# what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
-RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
-             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
 
 
 def main(argv):
@@ -95,7 +90,7 @@ def run(c, ckpt, resuming, env):
     print(f"device {env.device}, {dtype}, {env.world} process{'es' * (env.world > 1)}, "
           f"{env.threads} CPU threads each (OMP_NUM_THREADS sets them)")
     d = load_data(c, ckpt, resuming, env)
-    net, start = build_model(c, ckpt, resuming, d['classes'])
+    net, start = checkpoint.start_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)
     if c.stage == 'eval':  # one line of JSON; a test loss that is not finite exits 1
         result = dict(init_from=c.init_from, dataset=c.dataset, data_dir=c.data_dir,
@@ -163,7 +158,7 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
     total, warmup = schedule(c, per_epoch)
     eval_every = c.eval_interval or max(1, round(per_epoch))
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
-    it, history = resume_state(c, env, opt, scaler, ckpt)
+    it, history = checkpoint.resume_state(c, opt, scaler, ckpt, env)
     net = wrap(raw, c, env)
     batches = train_batches(d['train'][0], labels.to(env.device), c.batch_size, it * c.grad_accum,
                             c.seed, env.rank, env.world, c.num_workers)
@@ -203,29 +198,16 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
             train_loss, train_acc, _ = summed(since_eval, env)
             metrics = dict(iter=it, epoch=round(it / per_epoch, 4), lr=lr, train_loss=train_loss,
                            train_acc=train_acc, **evaluate(net, d, c, env))
-            save(c, env, dict(metrics, elapsed_s=round(time.time() - clock.start, 2)), history,
-                 dict(model=raw, optimizer=opt, scaler=scaler, train_labels=labels, start=start,
-                      data=d['fingerprint']))
+            metrics['elapsed_s'] = round(time.time() - clock.start, 2)
+            checkpoint.save(c, env, metrics, history,
+                            dict(model=raw, optimizer=opt, scaler=scaler, train_labels=labels,
+                                 start=start, data=d['fingerprint']))
+            log_wandb(c, metrics)
         if stopping:
             print(f"stopped by a signal at step {it}; continue with the same command and "
                   f"--init_from resume")
             break
     return finish(c, it, history, clock)
-
-
-def resume_state(c, env, opt, scaler, ckpt):
-    """-> (step, metrics so far): a resumed run's, its optimizer state loaded; (0, []) for a new
-    run. Temporary files of a checkpoint write that was killed are removed."""
-    stale = glob.glob(os.path.join(glob.escape(c.out_dir), '*.tmp')) if env.rank == 0 else []
-    for path in stale:
-        print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
-        os.remove(path)
-    if ckpt is None:
-        return 0, []
-    opt.load_state_dict(ckpt['optimizer'])
-    if ckpt['scaler']:  # empty unless the run trained in float16
-        scaler.load_state_dict(ckpt['scaler'])
-    return ckpt['iter'], ckpt['history']
 
 
 def wrap(raw, c, env):
@@ -300,18 +282,11 @@ def progress(c, env, it, total, per_epoch, lr, since_log, clock, history):
     """One progress line. A loss that is not finite stops the run; the last checkpoint stays."""
     loss, acc, n = summed(since_log, env)
     if not math.isfinite(loss):
-        diverged(c, it, f"loss {loss}", history)
+        checkpoint.diverged(c, it, f"loss {loss}", history)
     img_s, mfu = clock.speed(n, env.world)
     eta = (total - it) * c.batch_size * c.grad_accum * env.world / img_s
     print(f"step {it}/{total} (epoch {it / per_epoch:.2f}) | loss {loss:.4f} | acc {acc:.1%} | "
           f"lr {lr:.2e} | {img_s:.0f} img/s{mfu} | eta {timedelta(seconds=round(eta))}")
-
-
-def diverged(c, it, what, history):
-    """Stops a run whose loss is not finite; ckpt.pt stays the last good checkpoint."""
-    kept = f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
-    hint = " or --dtype bfloat16" if c.dtype == 'float16' else ''
-    raise UserError(f"{what} at step {it}: stopped; in {c.out_dir}, {kept}; try a lower --lr{hint}")
 
 
 @torch.no_grad()
@@ -328,42 +303,14 @@ def evaluate(net, d, c, env):
     return dict(test_loss=loss, test_acc=acc)
 
 
-def save(c, env, metrics, history, state):
-    """A checkpoint, only of finite losses: ckpt.pt holds all a resume needs (state: the model,
-    optimizer, scaler, labels, the start and data fingerprints); metrics.jsonl and config.json are
-    rewritten from it. Each goes to a temporary file, then is renamed: a kill never breaks one."""
-    for k in ('train_loss', 'test_loss'):
-        if not math.isfinite(metrics[k]):
-            diverged(c, metrics['iter'], f"{k.replace('_', ' ')} {metrics[k]}", history)
-    history.append(metrics)
-    print(f"eval step {metrics['iter']}: train loss {metrics['train_loss']:.4f} acc "
-          f"{metrics['train_acc']:.1%} (on the labels trained on) | test loss "
-          f"{metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%} | saved {c.out_dir}/ckpt.pt")
-    if env.rank > 0:
+def log_wandb(c, metrics):
+    """An evaluation's metrics to Weights & Biases (--wandb), from rank 0."""
+    if not c.wandb or int(os.environ.get('RANK', 0)) > 0:
         return
-    raw = state['model']
-    ckpt = dict(state, model=raw.state_dict(), model_config=asdict(raw.config), config=vars(c),
-                optimizer=state['optimizer'].state_dict(), scaler=state['scaler'].state_dict(),
-                train_labels=state['train_labels'].cpu(), iter=metrics['iter'], history=history,
-                elapsed_s=metrics['elapsed_s'], world=env.world)
-    os.makedirs(c.out_dir, exist_ok=True)
-    atomic(os.path.join(c.out_dir, 'ckpt.pt'), lambda f: torch.save(ckpt, f), 'wb')
-    rows = ''.join(to_json(m) + '\n' for m in history)
-    atomic(os.path.join(c.out_dir, 'metrics.jsonl'), lambda f: f.write(rows))
-    run_config = to_json({**vars(c), 'model_config': ckpt['model_config']}, indent=1)
-    atomic(os.path.join(c.out_dir, 'config.json'), lambda f: f.write(run_config))
-    if c.wandb:
-        import wandb
-        if wandb.run is None:
-            wandb.init(project=os.environ.get('WANDB_PROJECT', 'bridge'), config=vars(c))
-        wandb.log(metrics, step=metrics['iter'])
-
-
-def atomic(path, write, mode='w'):
-    """write(file) into path.tmp, then rename that over path."""
-    with open(path + '.tmp', mode) as f:
-        write(f)
-    os.replace(path + '.tmp', path)
+    import wandb
+    if wandb.run is None:
+        wandb.init(project=os.environ.get('WANDB_PROJECT', 'bridge'), config=vars(c))
+    wandb.log(metrics, step=metrics['iter'])
 
 
 def finish(c, it, history, clock):
@@ -382,56 +329,9 @@ def configure(argv):
     no work is checked here, before data is decoded or weights are read: flags, files, sizes."""
     c, given = parse(argv, globals(), CHOICES, POSITIVE)
     c.out_dir = c.out_dir.replace('{stage}', c.stage)
-    resuming, ckpt = c.init_from == 'resume', None
-    if resuming:
-        path = os.path.join(c.out_dir, 'ckpt.pt')
-        if not os.path.isfile(path):
-            raise UserError(f"--init_from resume: no checkpoint at {path} (the run's --out_dir?)")
-        ckpt = read_checkpoint(path)
-        c = resumed(c, given, ckpt)
-    elif c.init_from.endswith(('.pt', '.pth')):
-        ckpt = read_checkpoint(c.init_from)
-        handed_on(c, given, ckpt)
-    elif c.init_from not in (*OFFICIAL, 'scratch') and not os.path.exists(c.init_from):
-        raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
-                        f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
-                        f"or a Hugging Face checkpoint (a directory, .safetensors or .bin)")
-    old = os.path.join(c.out_dir, 'ckpt.pt')
-    if c.stage != 'eval' and not resuming and os.path.exists(old):  # a run is never replaced
-        old = read_checkpoint(old)
-        raise UserError(f"{c.out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
-                        f"continue it with --init_from resume, or start elsewhere with another "
-                        f"--out_dir (or delete {c.out_dir})")
+    c, ckpt, resuming = checkpoint.open_run(c, given)  # the run folder's rules
     check_flags(c, given, ckpt)
     return c, ckpt, resuming
-
-
-def resumed(c, given, ckpt):
-    """The run's own config; a flag given again must repeat the run's value unless RESUMABLE."""
-    run = ckpt['config']
-    for k in sorted(given - set(RESUMABLE)):
-        if getattr(c, k) != run[k]:
-            raise UserError(f"--init_from resume continues {c.out_dir} as it was: --{k} "
-                            f"{getattr(c, k)!r} is not the run's {run[k]!r} (a resume may change "
-                            f"only --{', --'.join(RESUMABLE[1:])})")
-    if ckpt['world'] != int(os.environ.get('WORLD_SIZE', 1)):
-        raise UserError(f"{c.out_dir} ran as {ckpt['world']} processes: resume it with as many")
-    given_again = {k: getattr(c, k) for k in given - {'init_from'}}
-    return SimpleNamespace(**{**run, **given_again, 'out_dir': c.out_dir})
-
-
-def handed_on(c, given, ckpt):
-    """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint (a flag may only
-    repeat them); --stage eval also takes the run's dataset, unless one is given."""
-    for k in ('img_size', 'patch_size'):
-        have = ckpt['model_config'][k]
-        if k in given and getattr(c, k) != have:
-            raise UserError(f"--{k} {getattr(c, k)}: {c.init_from} was trained with {k} {have}, "
-                            f"part of its network; leave the flag out")
-        setattr(c, k, have)
-    for k in ('dataset', 'data_dir'):
-        if c.stage == 'eval' and k not in given:
-            setattr(c, k, ckpt['config'][k])
 
 
 def check_flags(c, given, ckpt):
@@ -481,39 +381,8 @@ def load_data(c, ckpt, resuming, env):
     d = load_dataset(c.dataset, c.data_dir, c.img_size, env.device, c.num_workers)
     if env.world > 1 and env.rank == 0:
         dist.barrier()
-    if resuming and d['fingerprint'] != ckpt['data']:
-        differ = [k for k, v in ckpt['data'].items() if d['fingerprint'][k] != v]
-        raise UserError(f"{c.dataset} at {c.data_dir} is not the data {c.out_dir} trained on: "
-                        f"its {', '.join(differ)} differ")
-    if c.stage == 'eval' and d['classes'] != ckpt['data']['classes']:
-        raise UserError(f"{c.init_from} classifies {len(ckpt['data']['classes'])} classes "
-                        f"({', '.join(ckpt['data']['classes'][:4])}...), {c.dataset} at "
-                        f"{c.data_dir} has {len(d['classes'])} ({', '.join(d['classes'][:4])}...)")
+    checkpoint.check_data(c, ckpt, resuming, d)
     return d
-
-
-def build_model(c, ckpt, resuming, classes):
-    """The network a run starts from (on the CPU), and the record that analysis.py checks a rebuild
-    of it against. A checkpoint keeps its head for the classes it learned, unless --reinit_head."""
-    if resuming:
-        print(f"resuming the run in {c.out_dir} at step {ckpt['iter']}")
-        return init_model(c.out_dir, c.seed, {}, source=ckpt, new_head=False), ckpt['start']
-    image = dict(vocab_size=0, n_classes=len(classes), img_size=c.img_size,
-                 patch_size=c.patch_size, dropout=c.dropout)
-    new_head = ckpt is None or c.reinit_head or ckpt['data']['classes'] != classes
-    new_head = new_head and c.stage != 'eval'
-    net = init_model(c.init_from, c.seed, image, c.model, ckpt, new_head)
-    mc = net.config
-    shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} heads"
-    if c.init_from == 'scratch':
-        print(f"scratch: GPT-2 {shape} ({c.model}), GPT-2's random init")
-    elif ckpt:
-        print(f"loaded {c.init_from}: step {ckpt['iter']} of a {ckpt['config']['stage']} run; "
-              f"{shape}; {mc.img_size}px images in {mc.patch_size}px patches"
-              + f"; a new head for {len(classes)} classes" * new_head)
-    if c.stage == 'eval':
-        return net, None
-    return net, dict(weights=weights_hash(net), new_head=new_head)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ attention stays causal, and the LAST token (the only one that sees every patch) 
 Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps keys one to one;
 `python sample.py gpt2 "Hello, I'm a language model,"` shows that the weights are GPT-2's.
 """
-import hashlib
 import json
 import math
 import os
@@ -284,33 +283,6 @@ def architecture(name):
 
 
 # ---------------------------------------------------------------- where weights come from
-def init_model(init_from, seed, image, model=None, source=None, new_head=True):
-    """The network a run starts from: the same arguments, the same weights bit for bit (analysis.py
-    rebuilds a run's step 0 so). init_from 'scratch': GPT-2's init of the architecture `model`; an
-    OpenAI name or HF checkpoint: its weights; source: a checkpoint of bridge.py's (its head kept
-    unless new_head). What the source lacks is drawn from seed. image: GPTConfig's image fields."""
-    torch.manual_seed(seed)
-    if init_from == 'scratch':
-        return GPT(GPTConfig(**architecture(model), **image))
-    if source is None:
-        return GPT.from_pretrained(init_from, **image)
-    net = GPT(GPTConfig(**{**source['model_config'], **image}))
-    state = {k: v for k, v in source['model'].items() if not (new_head and k.startswith('head.'))}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    check_keys(f"{init_from} does not fit", missing=set(missing) - {'head.weight', 'head.bias'},
-               unexpected=unexpected)
-    return net
-
-
-def weights_hash(net):
-    """A fingerprint of every tensor's bytes: the same weights, bit for bit, or not."""
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
 def check_keys(where, missing, unexpected):
     """A UserError that names (the first few) missing and unexpected keys of a checkpoint."""
     found = [f"{what} keys {', '.join(sorted(keys)[:3])}{'...' * (len(keys) > 3)}"
@@ -383,21 +355,3 @@ def read_weights(path, mmap=False):
     except Exception as e:  # truncated, corrupt, not weights at all: name the file, not a traceback
         raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
             from None
-
-
-def read_checkpoint(path):
-    """A ckpt.pt written by bridge.py -> dict. Memory-mapped: what is not used is never read."""
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}: no such file")
-    ckpt = read_weights(path, mmap=True)
-    if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
-        raise UserError(f"{path} is not a checkpoint written by bridge.py")
-    for k in ('pool', 'causal'):  # GPTConfig fields until 2026-11-30, always 'last' and True
-        ckpt['model_config'].pop(k, None)
-    missing = {'iter', 'history', 'data', 'start', 'world'} - ckpt.keys()
-    if missing:  # the run's metrics, data and start were not kept before these were added
-        raise UserError(f"{path} was written by an older bridge.py (it has no "
-                        f"{', '.join(sorted(missing))}): its weights are ckpt['model']; rerun its "
-                        f"stage to resume or hand it on")
-    return ckpt
-

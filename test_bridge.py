@@ -1,7 +1,7 @@
 """
 The specification, as tests. Offline, CPU: every checkpoint and image folder is made here (conftest.py).
-Sections follow the files: configurator.py, model.py, data.py, bridge.py, analysis.py, bench.py; all
-one-line user errors are one table at the end.
+Sections follow the files: configurator.py, model.py, data.py, bridge.py, checkpoint.py, analysis.py,
+bench.py; all one-line user errors are one table at the end.
 Run: python -m pytest -q test_bridge.py
 """
 import json
@@ -491,14 +491,6 @@ def test_bridge_then_finetune_hand_off_and_eval_on_the_runs_own_data(folder, tmp
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1])['dataset'] == 'folder'
 
 
-def test_a_checkpoint_that_names_the_removed_pool_and_causal_fields_still_loads(bridged, tmp_path):
-    ckpt = torch.load(bridged / 'bridge' / 'ckpt.pt', weights_only=True)
-    ckpt['model_config'].update(pool='last', causal=True)  # GPTConfig fields until 2026-11-30
-    torch.save(ckpt, tmp_path / 'old.pt')
-    e = bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'old.pt'), '--device', 'cpu'])
-    assert e['test_acc'] == pytest.approx(ckpt['history'][-1]['test_acc'], abs=1e-6)
-
-
 def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp_path):
     hf = hf_gpt2(n_layer=3, n_head=2, n_embd=32, n_positions=32, vocab_size=50)
     hf.save_pretrained(tmp_path / 'hf')
@@ -516,6 +508,80 @@ def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp
             assert torch.equal(v, w), k
         elif k.startswith('transformer.h.2.') and k.endswith('weight') and 'ln' not in k:
             assert not torch.equal(v, w), k
+
+
+def test_short_runs_warm_up_for_a_tenth_and_reach_the_peak(folder, tmp_path, capsys):
+    c = bridge.configure(['--max_iters', '20', '--out_dir', str(tmp_path / 'x'), '--lr', '1e-3'])[0]
+    total, warmup = bridge.schedule(c, per_epoch=45.0)           # 5 warmup epochs = 225 steps of a 20-step run
+    assert (total, warmup) == (20, 2) and 'more than a tenth' in capsys.readouterr().out
+    lrs = [bridge.lr_at(it, c, warmup, total) for it in range(total)]
+    assert max(lrs) == c.lr and lrs[-1] < 0.05 * c.lr           # the peak is reached, the cosine decays
+    c = bridge.configure(['--epochs', '400', '--out_dir', str(tmp_path / 'y')])[0]
+    assert bridge.schedule(c, per_epoch=781.0) == (312400, 3905)  # the paper's run keeps its 5 epochs
+    run(folder, tmp_path / 'r', '--max_iters', '10', '--batch_size', '16', '--log_interval', '1', '--lr', '1e-3')
+    printed = [float(x) for x in re.findall(r'\| lr ([0-9.e+-]+) \|', capsys.readouterr().out)]
+    assert len(printed) == 10 and max(printed) == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=ddp_worker, args=(r, folder, str(tmp_path / 'ddp'), port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results[0] == {**results[1], 'elapsed_s': results[0]['elapsed_s']} and results[0]['iter'] == 6
+    assert [m['iter'] for m in metrics(tmp_path / 'ddp')] == [3, 6]  # written once, by rank 0
+    assert json.load(open(tmp_path / 'ddp' / 'config.json'))['batch_size'] == 8
+
+
+def ddp_worker(rank, folder, out, port, queue):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', LOCAL_WORLD_SIZE='2',
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    assert configurator.cores() == max(1, len(os.sched_getaffinity(0)) // 2)  # each rank its share
+    queue.put((rank, run(folder, out, '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3')))
+    assert torch.get_num_threads() <= configurator.cores()
+
+
+def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
+    """torch.compile changes the speed, not the numbers (dropout off: compiled code draws its own bits)."""
+    args = ['--max_iters', '4', '--batch_size', '24', '--eval_interval', '2', '--freeze', '0', '--dropout', '0',
+            '--aug', 'none']
+    eager = run(folder, tmp_path / 'eager', *args)
+    compiled = run(folder, tmp_path / 'compiled', *args, '--compile', 'True')
+    assert compiled['test_loss'] == pytest.approx(eager['test_loss'], rel=1e-4)
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True)['model'] for d in ('eager', 'compiled'))
+    assert a.keys() == b.keys() and not any('_orig_mod' in k for k in b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+def test_cli_errors_are_one_line_without_traceback_and_checked_before_data(tmp_path):
+    """A missing --init_from is named before CIFAR would be downloaded (no network here)."""
+    for argv in (['--batchsize', '3'], ['--stage', 'finetune', '--init_from', str(tmp_path / 'ckpt.pt'),
+                                        '--data_dir', str(tmp_path / 'nodata'), '--device', 'cpu']):
+        r = cli('bridge.py', *argv)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr
+        assert r.stderr.startswith('error: ') and r.stderr.count('\n') == 1, r.stderr
+    assert 'no checkpoint at' in r.stderr and 'ckpt.pt' in r.stderr and 'cifar' not in r.stderr
+    assert not os.path.exists(tmp_path / 'nodata')
+
+
+# ---------------------------------------------------------------- checkpoint.py: the run's folder
+def test_a_checkpoint_that_names_the_removed_pool_and_causal_fields_still_loads(bridged, tmp_path):
+    ckpt = torch.load(bridged / 'bridge' / 'ckpt.pt', weights_only=True)
+    ckpt['model_config'].update(pool='last', causal=True)  # GPTConfig fields until 2026-11-30
+    torch.save(ckpt, tmp_path / 'old.pt')
+    e = bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'old.pt'), '--device', 'cpu'])
+    assert e['test_acc'] == pytest.approx(ckpt['history'][-1]['test_acc'], abs=1e-6)
 
 
 RESUME_ARGS = ['--max_iters', '24', '--batch_size', '16', '--eval_interval', '10', '--aug', 'rrc', '--lr', '3e-3',
@@ -598,71 +664,6 @@ def test_divergence_never_writes_a_checkpoint_and_eval_prints_valid_json(folder,
     with pytest.raises(UserError, match=r'nan.pt: test loss nan: its weights diverged'):
         bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'nan.pt'), '--device', 'cpu'])
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1])['test_loss'] is None
-
-
-def test_short_runs_warm_up_for_a_tenth_and_reach_the_peak(folder, tmp_path, capsys):
-    c = bridge.configure(['--max_iters', '20', '--out_dir', str(tmp_path / 'x'), '--lr', '1e-3'])[0]
-    total, warmup = bridge.schedule(c, per_epoch=45.0)           # 5 warmup epochs = 225 steps of a 20-step run
-    assert (total, warmup) == (20, 2) and 'more than a tenth' in capsys.readouterr().out
-    lrs = [bridge.lr_at(it, c, warmup, total) for it in range(total)]
-    assert max(lrs) == c.lr and lrs[-1] < 0.05 * c.lr           # the peak is reached, the cosine decays
-    c = bridge.configure(['--epochs', '400', '--out_dir', str(tmp_path / 'y')])[0]
-    assert bridge.schedule(c, per_epoch=781.0) == (312400, 3905)  # the paper's run keeps its 5 epochs
-    run(folder, tmp_path / 'r', '--max_iters', '10', '--batch_size', '16', '--log_interval', '1', '--lr', '1e-3')
-    printed = [float(x) for x in re.findall(r'\| lr ([0-9.e+-]+) \|', capsys.readouterr().out)]
-    assert len(printed) == 10 and max(printed) == pytest.approx(1e-3, rel=1e-2)
-
-
-def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=ddp_worker, args=(r, folder, str(tmp_path / 'ddp'), port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert results[0] == {**results[1], 'elapsed_s': results[0]['elapsed_s']} and results[0]['iter'] == 6
-    assert [m['iter'] for m in metrics(tmp_path / 'ddp')] == [3, 6]  # written once, by rank 0
-    assert json.load(open(tmp_path / 'ddp' / 'config.json'))['batch_size'] == 8
-
-
-def ddp_worker(rank, folder, out, port, queue):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', LOCAL_WORLD_SIZE='2',
-                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    assert configurator.cores() == max(1, len(os.sched_getaffinity(0)) // 2)  # each rank its share
-    queue.put((rank, run(folder, out, '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3')))
-    assert torch.get_num_threads() <= configurator.cores()
-
-
-def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
-    """torch.compile changes the speed, not the numbers (dropout off: compiled code draws its own bits)."""
-    args = ['--max_iters', '4', '--batch_size', '24', '--eval_interval', '2', '--freeze', '0', '--dropout', '0',
-            '--aug', 'none']
-    eager = run(folder, tmp_path / 'eager', *args)
-    compiled = run(folder, tmp_path / 'compiled', *args, '--compile', 'True')
-    assert compiled['test_loss'] == pytest.approx(eager['test_loss'], rel=1e-4)
-    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True)['model'] for d in ('eager', 'compiled'))
-    assert a.keys() == b.keys() and not any('_orig_mod' in k for k in b)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
-
-
-def test_cli_errors_are_one_line_without_traceback_and_checked_before_data(tmp_path):
-    """A missing --init_from is named before CIFAR would be downloaded (no network here)."""
-    for argv in (['--batchsize', '3'], ['--stage', 'finetune', '--init_from', str(tmp_path / 'ckpt.pt'),
-                                        '--data_dir', str(tmp_path / 'nodata'), '--device', 'cpu']):
-        r = cli('bridge.py', *argv)
-        assert r.returncode == 1 and 'Traceback' not in r.stderr
-        assert r.stderr.startswith('error: ') and r.stderr.count('\n') == 1, r.stderr
-    assert 'no checkpoint at' in r.stderr and 'ckpt.pt' in r.stderr and 'cifar' not in r.stderr
-    assert not os.path.exists(tmp_path / 'nodata')
 
 
 # ---------------------------------------------------------------- analysis.py: the paper's figures

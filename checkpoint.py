@@ -1,0 +1,223 @@
+"""
+A run's folder (--out_dir) and the rules that keep it honest: what is read from it, what is checked
+against it, and how it is written. bridge.py calls it in a few named places:
+
+  c, ckpt, resuming = open_run(c, given)  # fresh, hand-off or resume: checked before any work
+  check_data(c, ckpt, resuming, d)        # a resume trains on exactly its data, eval on its classes
+  net, start = start_model(c, ckpt, resuming, classes)  # its weights, and their fingerprint
+  it, history = resume_state(c, opt, scaler, ckpt, env)  # the optimizer and step of a resume
+  save(c, env, metrics, history, state)   # ckpt.pt, metrics.jsonl, config.json, each atomically
+
+ckpt.pt holds everything a resume needs: the weights, optimizer and GradScaler, the run's flags and
+step, the labels trained on, the metrics so far, and fingerprints of the data and of the weights the
+run started from (init_model rebuilds those bit for bit, so analysis.py can check a rebuild).
+"""
+import glob
+import hashlib
+import math
+import os
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import torch
+
+from configurator import UserError, to_json
+from model import GPT, OFFICIAL, GPTConfig, architecture, check_keys, read_weights
+
+# what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
+RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
+             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
+
+
+# ----------------------------------------------------------------- reading a run's folder
+def open_run(c, given):
+    """-> (the run's config, the checkpoint it starts from or None, resuming?). A resume takes the
+    run's own flags; a hand-off takes its network's sizes; a fresh run never replaces a run."""
+    resuming, ckpt = c.init_from == 'resume', None
+    if resuming:
+        path = os.path.join(c.out_dir, 'ckpt.pt')
+        if not os.path.isfile(path):
+            raise UserError(f"--init_from resume: no checkpoint at {path} (the run's --out_dir?)")
+        ckpt = read_checkpoint(path)
+        c = resumed(c, given, ckpt)
+    elif c.init_from.endswith(('.pt', '.pth')):
+        ckpt = read_checkpoint(c.init_from)
+        handed_on(c, given, ckpt)
+    elif c.init_from not in (*OFFICIAL, 'scratch') and not os.path.exists(c.init_from):
+        raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
+                        f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
+                        f"or a Hugging Face checkpoint (a directory, .safetensors or .bin)")
+    old = os.path.join(c.out_dir, 'ckpt.pt')
+    if c.stage != 'eval' and not resuming and os.path.exists(old):  # a run is never replaced
+        old = read_checkpoint(old)
+        raise UserError(f"{c.out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
+                        f"continue it with --init_from resume, or start elsewhere with another "
+                        f"--out_dir (or delete {c.out_dir})")
+    return c, ckpt, resuming
+
+
+def read_checkpoint(path):
+    """A ckpt.pt written by bridge.py -> dict. Memory-mapped: what is not used is never read."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: no such file")
+    ckpt = read_weights(path, mmap=True)
+    if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
+        raise UserError(f"{path} is not a checkpoint written by bridge.py")
+    for k in ('pool', 'causal'):  # GPTConfig fields until 2026-11-30, always 'last' and True
+        ckpt['model_config'].pop(k, None)
+    missing = {'iter', 'history', 'data', 'start', 'world'} - ckpt.keys()
+    if missing:  # the run's metrics, data and start were not kept before these were added
+        raise UserError(f"{path} was written by an older bridge.py (it has no "
+                        f"{', '.join(sorted(missing))}): its weights are ckpt['model']; rerun its "
+                        f"stage to resume or hand it on")
+    return ckpt
+
+
+def resumed(c, given, ckpt):
+    """The run's own config; a flag given again must repeat the run's value unless RESUMABLE."""
+    run = ckpt['config']
+    for k in sorted(given - set(RESUMABLE)):
+        if getattr(c, k) != run[k]:
+            raise UserError(f"--init_from resume continues {c.out_dir} as it was: --{k} "
+                            f"{getattr(c, k)!r} is not the run's {run[k]!r} (a resume may change "
+                            f"only --{', --'.join(RESUMABLE[1:])})")
+    if ckpt['world'] != int(os.environ.get('WORLD_SIZE', 1)):
+        raise UserError(f"{c.out_dir} ran as {ckpt['world']} processes: resume it with as many")
+    given_again = {k: getattr(c, k) for k in given - {'init_from'}}
+    return SimpleNamespace(**{**run, **given_again, 'out_dir': c.out_dir})
+
+
+def handed_on(c, given, ckpt):
+    """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint (a flag may only
+    repeat them); --stage eval also takes the run's dataset, unless one is given."""
+    for k in ('img_size', 'patch_size'):
+        have = ckpt['model_config'][k]
+        if k in given and getattr(c, k) != have:
+            raise UserError(f"--{k} {getattr(c, k)}: {c.init_from} was trained with {k} {have}, "
+                            f"part of its network; leave the flag out")
+        setattr(c, k, have)
+    for k in ('dataset', 'data_dir'):
+        if c.stage == 'eval' and k not in given:
+            setattr(c, k, ckpt['config'][k])
+
+
+def check_data(c, ckpt, resuming, d):
+    """A resume needs exactly the run's data (its fingerprint), --stage eval the classes its head
+    learned."""
+    if resuming and d['fingerprint'] != ckpt['data']:
+        differ = [k for k, v in ckpt['data'].items() if d['fingerprint'][k] != v]
+        raise UserError(f"{c.dataset} at {c.data_dir} is not the data {c.out_dir} trained on: "
+                        f"its {', '.join(differ)} differ")
+    if c.stage == 'eval' and d['classes'] != ckpt['data']['classes']:
+        raise UserError(f"{c.init_from} classifies {len(ckpt['data']['classes'])} classes "
+                        f"({', '.join(ckpt['data']['classes'][:4])}...), {c.dataset} at "
+                        f"{c.data_dir} has {len(d['classes'])} ({', '.join(d['classes'][:4])}...)")
+
+
+# ----------------------------------------------------------------- the weights a run starts from
+def start_model(c, ckpt, resuming, classes):
+    """The network a run starts from (on the CPU), and the record that analysis.py checks a rebuild
+    of it against. A checkpoint keeps its head for the classes it learned, unless --reinit_head."""
+    if resuming:
+        print(f"resuming the run in {c.out_dir} at step {ckpt['iter']}")
+        net = init_model(c.out_dir, c.seed, {}, source=ckpt, new_head=False)
+        return net, ckpt['start']
+    image = dict(vocab_size=0, n_classes=len(classes), img_size=c.img_size,
+                 patch_size=c.patch_size, dropout=c.dropout)
+    new_head = ckpt is None or c.reinit_head or ckpt['data']['classes'] != classes
+    new_head = new_head and c.stage != 'eval'
+    net = init_model(c.init_from, c.seed, image, c.model, ckpt, new_head)
+    mc = net.config
+    shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} heads"
+    if c.init_from == 'scratch':
+        print(f"scratch: GPT-2 {shape} ({c.model}), GPT-2's random init")
+    elif ckpt:
+        print(f"loaded {c.init_from}: step {ckpt['iter']} of a {ckpt['config']['stage']} run; "
+              f"{shape}; {mc.img_size}px images in {mc.patch_size}px patches"
+              + f"; a new head for {len(classes)} classes" * new_head)
+    if c.stage == 'eval':
+        return net, None
+    return net, dict(weights=weights_hash(net), new_head=new_head)
+
+
+def init_model(init_from, seed, image, model=None, source=None, new_head=True):
+    """The network a run starts from: the same arguments, the same weights bit for bit (analysis.py
+    rebuilds a run's step 0 so). init_from 'scratch': GPT-2's init of the architecture `model`; an
+    OpenAI name or HF checkpoint: its weights; source: a checkpoint of bridge.py's (its head kept
+    unless new_head). What the source lacks is drawn from seed. image: GPTConfig's image fields."""
+    torch.manual_seed(seed)
+    if init_from == 'scratch':
+        return GPT(GPTConfig(**architecture(model), **image))
+    if source is None:
+        return GPT.from_pretrained(init_from, **image)
+    net = GPT(GPTConfig(**{**source['model_config'], **image}))
+    state = {k: v for k, v in source['model'].items() if not (new_head and k.startswith('head.'))}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    check_keys(f"{init_from} does not fit", missing=set(missing) - {'head.weight', 'head.bias'},
+               unexpected=unexpected)
+    return net
+
+
+def weights_hash(net):
+    """A fingerprint of every tensor's bytes: the same weights, bit for bit, or not."""
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------- writing a run's folder
+def resume_state(c, opt, scaler, ckpt, env):
+    """-> (step, metrics so far): a resumed run's, its optimizer state loaded; (0, []) for a new
+    run. Temporary files of a checkpoint write that was killed are removed."""
+    stale = glob.glob(os.path.join(glob.escape(c.out_dir), '*.tmp')) if env.rank == 0 else []
+    for path in stale:
+        print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
+        os.remove(path)
+    if ckpt is None:
+        return 0, []
+    opt.load_state_dict(ckpt['optimizer'])
+    if ckpt['scaler']:  # empty unless the run trained in float16
+        scaler.load_state_dict(ckpt['scaler'])
+    return ckpt['iter'], ckpt['history']
+
+
+def save(c, env, metrics, history, state):
+    """A checkpoint, only of finite losses: ckpt.pt holds all a resume needs (state: the model,
+    optimizer, scaler, labels, the start and data fingerprints); metrics.jsonl and config.json are
+    rewritten from it. Each goes to a temporary file, then is renamed: a kill never breaks one."""
+    for k in ('train_loss', 'test_loss'):
+        if not math.isfinite(metrics[k]):
+            diverged(c, metrics['iter'], f"{k.replace('_', ' ')} {metrics[k]}", history)
+    history.append(metrics)
+    print(f"eval step {metrics['iter']}: train loss {metrics['train_loss']:.4f} acc "
+          f"{metrics['train_acc']:.1%} (on the labels trained on) | test loss "
+          f"{metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%} | saved {c.out_dir}/ckpt.pt")
+    if env.rank > 0:
+        return
+    raw = state['model']
+    ckpt = dict(state, model=raw.state_dict(), model_config=asdict(raw.config), config=vars(c),
+                optimizer=state['optimizer'].state_dict(), scaler=state['scaler'].state_dict(),
+                train_labels=state['train_labels'].cpu(), iter=metrics['iter'], history=history,
+                elapsed_s=metrics['elapsed_s'], world=env.world)
+    os.makedirs(c.out_dir, exist_ok=True)
+    atomic(os.path.join(c.out_dir, 'ckpt.pt'), lambda f: torch.save(ckpt, f), 'wb')
+    rows = ''.join(to_json(m) + '\n' for m in history)
+    atomic(os.path.join(c.out_dir, 'metrics.jsonl'), lambda f: f.write(rows))
+    run_config = to_json({**vars(c), 'model_config': ckpt['model_config']}, indent=1)
+    atomic(os.path.join(c.out_dir, 'config.json'), lambda f: f.write(run_config))
+
+
+def atomic(path, write, mode='w'):
+    """write(file) into path.tmp, then rename that over path."""
+    with open(path + '.tmp', mode) as f:
+        write(f)
+    os.replace(path + '.tmp', path)
+
+
+def diverged(c, it, what, history):
+    """Stops a run whose loss is not finite; ckpt.pt stays the last good checkpoint."""
+    kept = f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
+    hint = " or --dtype bfloat16" if c.dtype == 'float16' else ''
+    raise UserError(f"{what} at step {it}: stopped; in {c.out_dir}, {kept}; try a lower --lr{hint}")
