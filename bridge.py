@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import (UserError, autocast_dtype, cores, parse, peak_flops, pick_device,
-                          run_cli, set_threads, to_json)
+from configurator import (Stopped, UserError, autocast_dtype, cores, parse, peak_flops,
+                          pick_device, ranks, run_cli, set_threads, to_json)
 from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
 import checkpoint
 from model import OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec
@@ -72,23 +72,27 @@ POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'p
 
 
 def main(argv):
-    c, ckpt, resuming = configure(argv)  # everything that can be checked without work, first
-    env = setup(c)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    with contextlib.redirect_stdout(sys.stdout if env.rank == 0 else open(os.devnull, 'w')):
-        try:
-            return run(c, ckpt, resuming, env)
-        finally:  # in-process callers (tests, notebooks) get their signal handlers back
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
-            if env.world > 1:
-                dist.destroy_process_group()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = catch_signals()  # first: a signal during start-up stops at once, before any write
+    try:
+        c, ckpt, resuming = configure(argv)  # everything that can be checked without work, first
+        env = setup(c, ckpt if resuming else None)
+        with contextlib.redirect_stdout(sys.stdout if env.rank == 0 else open(os.devnull, 'w')):
+            return run(c, ckpt, resuming, env, stop)
+    finally:  # the run folder's lock goes; in-process callers get their signal handlers back
+        checkpoint.release()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def run(c, ckpt, resuming, env):
+def run(c, ckpt, resuming, env, stop):
     dtype = str(env.dtype).removeprefix('torch.')
     print(f"device {env.device}, {dtype}, {env.world} process{'es' * (env.world > 1)}, "
-          f"{env.threads} CPU threads each (OMP_NUM_THREADS sets them)")
+          f"{env.threads} CPU thread{'s' * (env.threads > 1)} each (OMP_NUM_THREADS sets them)")
+    if resuming:
+        threads_of_run(ckpt.get('threads'), env.threads)
     d = load_data(c, ckpt, resuming, env)
     net, start = checkpoint.start_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)
@@ -107,7 +111,7 @@ def run(c, ckpt, resuming, env):
     if not any(p.requires_grad for p in net.parameters()):
         raise UserError(f"--freeze {c.freeze} leaves nothing to train")
     opt = net.configure_optimizers(c.weight_decay, c.lr, (0.9, 0.999), env.device.type)
-    return train(c, env, d, net, opt, labels, own, start)
+    return train(c, env, d, net, opt, labels, own, start, stop)
 
 
 # ----------------------------------------------------------------- the method
@@ -150,15 +154,15 @@ def lr_at(it, c, warmup, total):
 
 
 # ----------------------------------------------------------------- the training loop
-def train(c, env, d, raw, opt, labels, ckpt, start):
+def train(c, env, d, raw, opt, labels, ckpt, start, stop):
     """Warmup + cosine, gradient accumulation, clipping; a progress line every log_interval steps,
-    an evaluation and a checkpoint every eval_interval. A signal stops it at the next progress
-    line."""
+    an evaluation and a checkpoint every eval_interval. A signal stops it after the current step
+    (under DDP at the next progress line, where the ranks agree), with a checkpoint."""
     per_epoch = steps_per_epoch(len(labels), c.batch_size, env.world) / c.grad_accum
     total, warmup = schedule(c, per_epoch)
     eval_every = c.eval_interval or max(1, round(per_epoch))
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
-    it, history = checkpoint.resume_state(c, opt, scaler, ckpt, env)
+    it, history = checkpoint.resume_state(c, opt, scaler, ckpt)
     net = wrap(raw, c, env)
     batches = train_batches(d['train'][0], labels.to(env.device), c.batch_size, it * c.grad_accum,
                             c.seed, env.rank, env.world, c.num_workers)
@@ -168,13 +172,15 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
           f"images: lr {c.lr:.2e}, warmup {warmup} steps, cosine to {c.min_lr:g}; "
           f"eval every {eval_every} steps into {c.out_dir}")
     clock = Clock(ckpt['elapsed_s'] if ckpt else 0.0, raw.flops_per_image(), env)
-    stop = catch_signals()
+    stop.training = True  # a signal is noted from here on, and honoured between two steps
     while it < total:
+        stop.left = c.grad_accum  # the micro-steps a signal waits for
         lr = lr_at(it, c, warmup, total)
         for group in opt.param_groups:
             group['lr'] = lr
         torch.manual_seed(hash((c.seed, env.rank, it)))  # augmentation, dropout: (seed, rank, step)
         for micro in range(c.grad_accum):
+            stop.left = c.grad_accum - micro
             x, y = next(batches)
             if env.world > 1:  # all-reduce the gradients on the last micro-step only
                 net.require_backward_grad_sync = micro == c.grad_accum - 1
@@ -183,16 +189,12 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
                 loss = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
             scaler.scale(loss / c.grad_accum).backward()
             count((since_log, since_eval), loss, logits, y)
-        if c.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), c.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(c, raw, opt, scaler)
         it += 1
-        if it % c.log_interval and it % eval_every and it < total:
+        noted = bool(stop.signum) and env.world == 1  # no host sync: a Python flag
+        if not noted and it % c.log_interval and it % eval_every and it < total:
             continue
-        stopping = agree(bool(stop), env)  # every rank stops at the same step
+        stopping = agree(bool(stop.signum), env)  # every rank stops at the same step
         progress(c, env, it, total, per_epoch, lr, since_log, clock, history)
         if it % eval_every == 0 or it == total or stopping:
             train_loss, train_acc, _ = summed(since_eval, env)
@@ -204,10 +206,18 @@ def train(c, env, d, raw, opt, labels, ckpt, start):
                                  start=start, data=d['fingerprint']))
             log_wandb(c, metrics)
         if stopping:
-            print(f"stopped by a signal at step {it}; continue with the same command and "
-                  f"--init_from resume")
             break
-    return finish(c, it, history, clock)
+    return finish(c, it, history, clock, stop)
+
+
+def optimizer_step(c, raw, opt, scaler):
+    """Clip the gradients' global norm (unscaled first under float16), step AdamW, clear them."""
+    if c.grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), c.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
 
 
 def wrap(raw, c, env):
@@ -248,14 +258,21 @@ def agree(flag, env):
 
 
 def catch_signals():
-    """SIGINT/SIGTERM are noted in the returned list; the loop stops at its next progress line,
-    between two whole steps. A second signal stops at once, without a checkpoint."""
-    stop = []
+    """SIGINT and SIGTERM, from main's first line -> the stop state the loop reads. Before training
+    a signal stops at once (nothing was written yet); in training it is noted, and the loop stops
+    after the current step with a checkpoint. A second signal stops at once, without one."""
+    stop = SimpleNamespace(signum=0, training=False, left=0)
 
     def on_signal(signum, frame):
-        stop.append(signum)
-        if len(stop) > 1:
-            raise KeyboardInterrupt
+        if not stop.training:
+            raise Stopped(signum, why='during start-up: nothing was written')
+        if stop.signum:
+            raise Stopped(signum, why='again: stopped at once, ckpt.pt keeps its last checkpoint')
+        stop.signum = signum
+        if int(os.environ.get('RANK', 0)) == 0:  # os.write: print is not safe in a handler
+            os.write(2, f"{signal.Signals(signum).name}: the run stops with a checkpoint when "
+                        f"this step ends ({stop.left} micro-step{'s' * (stop.left > 1)} left); a "
+                        f"second signal stops at once, without one\n".encode())
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, on_signal)
     return stop
@@ -303,6 +320,15 @@ def evaluate(net, d, c, env):
     return dict(test_loss=loss, test_acc=acc)
 
 
+def threads_of_run(ran, now):
+    """Says whether a resume sums as its run did: the same CPU thread count, or not."""
+    if not ran or ran == now:
+        print(f"resuming on {now} CPU thread{'s' * (now > 1)}, as the run did (bit for bit)")
+    else:
+        print(f"the run trained on {ran} CPU threads, this resume has {now} (OMP_NUM_THREADS): "
+              f"sums are ordered otherwise, so it resumes close to, not bit for bit with, the run")
+
+
 def log_wandb(c, metrics):
     """An evaluation's metrics to Weights & Biases (--wandb), from rank 0."""
     if not c.wandb or int(os.environ.get('RANK', 0)) > 0:
@@ -313,13 +339,18 @@ def log_wandb(c, metrics):
     wandb.log(metrics, step=metrics['iter'])
 
 
-def finish(c, it, history, clock):
-    """The closing line: the final and best test accuracy, the time, the checkpoint."""
+def finish(c, it, history, clock, stop):
+    """The closing line: the final and best test accuracy, the time, the checkpoint. A run stopped
+    by a signal ends in Stopped: exit status 130 (SIGINT) or 143 (SIGTERM), not 0."""
     best = max(history, key=lambda m: m['test_acc'])
     took = timedelta(seconds=round(time.time() - clock.start))
     print(f"done: {c.stage} stopped at step {it} after {took}; test "
           f"accuracy {history[-1]['test_acc']:.2%} (best {best['test_acc']:.2%}, step "
           f"{best['iter']}); checkpoint {c.out_dir}/ckpt.pt")
+    if stop.signum:
+        print(f"stopped by {signal.Signals(stop.signum).name} at step {it}, with a checkpoint; "
+              f"continue with the same command and --init_from resume")
+        raise Stopped(stop.signum, history[-1])
     return history[-1]
 
 
@@ -327,6 +358,7 @@ def finish(c, it, history, clock):
 def configure(argv):
     """Flags -> (the run's config, the checkpoint it starts from or None, resuming?). All that needs
     no work is checked here, before data is decoded or weights are read: flags, files, sizes."""
+    ranks()  # torchrun's variables, checked before anything else reads them
     c, given = parse(argv, globals(), CHOICES, POSITIVE)
     c.out_dir = c.out_dir.replace('{stage}', c.stage)
     c, ckpt, resuming = checkpoint.open_run(c, given)  # the run folder's rules
@@ -354,19 +386,20 @@ def check_flags(c, given, ckpt):
         freeze_spec(c.freeze, known['n_layer'])
 
 
-def setup(c):
+def setup(c, ckpt):
     """-> env: device, autocast dtype and context, rank, world, CPU threads. torchrun sets RANK:
-    one GPU (or CPU process) per rank, each with its share of the cores (see set_threads)."""
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    one GPU (or CPU process) per rank, each with its share of the cores (see set_threads); a resume
+    takes its run's thread count (ckpt), so that its sums are the same."""
+    rank, world, local = ranks()
     device = pick_device(c.device)
     if device.type == 'cuda' and world > 1:
-        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        device = torch.device('cuda', local)
     if world > 1:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    threads = set_threads(device)
+    threads = set_threads(device, (ckpt or {}).get('threads', 0))
     dtype = autocast_dtype(c.dtype, device)
     ctx = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return SimpleNamespace(device=device, dtype=dtype, ctx=ctx, rank=rank, world=world,

@@ -5,35 +5,44 @@ against it, and how it is written. bridge.py calls it in a few named places:
   c, ckpt, resuming = open_run(c, given)  # fresh, hand-off or resume: checked before any work
   check_data(c, ckpt, resuming, d)        # a resume trains on exactly its data, eval on its classes
   net, start = start_model(c, ckpt, resuming, classes)  # its weights, and their fingerprint
-  it, history = resume_state(c, opt, scaler, ckpt, env)  # the optimizer and step of a resume
+  it, history = resume_state(c, opt, scaler, ckpt)  # the optimizer and step of a resume
   save(c, env, metrics, history, state)   # ckpt.pt, metrics.jsonl, config.json, each atomically
 
 ckpt.pt holds everything a resume needs: the weights, optimizer and GradScaler, the run's flags and
 step, the labels trained on, the metrics so far, and fingerprints of the data and of the weights the
 run started from (init_model rebuilds those bit for bit, so analysis.py can check a rebuild).
 """
-import glob
+import contextlib
+import fcntl
 import hashlib
+import json
 import math
 import os
+import zipfile
 from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
 
-from configurator import UserError, to_json
+from configurator import UserError, ranks, to_json
 from model import GPT, OFFICIAL, GPTConfig, architecture, check_keys, read_weights
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
 RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
              'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
+OWN = ('ckpt.pt', 'metrics.jsonl', 'config.json')  # the files a run writes, and the only ones
+LOCK = 'run.lock'  # held (flock) by the run writing into the folder; it holds that process's pid
+HELD = {}          # out_dir -> (the lock's open file, was the folder created by this run?)
 
 
 # ----------------------------------------------------------------- reading a run's folder
 def open_run(c, given):
     """-> (the run's config, the checkpoint it starts from or None, resuming?). A resume takes the
-    run's own flags; a hand-off takes its network's sizes; a fresh run never replaces a run."""
+    run's own flags; a hand-off takes its network's sizes; a fresh run never replaces a run. A run
+    that trains holds its folder (claim) from here to its end (release)."""
     resuming, ckpt = c.init_from == 'resume', None
+    if c.stage != 'eval':
+        claim(c.out_dir)
     if resuming:
         path = os.path.join(c.out_dir, 'ckpt.pt')
         if not os.path.isfile(path):
@@ -47,19 +56,119 @@ def open_run(c, given):
         raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
                         f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
                         f"or a Hugging Face checkpoint (a directory, .safetensors or .bin)")
-    old = os.path.join(c.out_dir, 'ckpt.pt')
-    if c.stage != 'eval' and not resuming and os.path.exists(old):  # a run is never replaced
-        old = read_checkpoint(old)
-        raise UserError(f"{c.out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
-                        f"continue it with --init_from resume, or start elsewhere with another "
-                        f"--out_dir (or delete {c.out_dir})")
+    if c.stage != 'eval' and not resuming:
+        check_fresh(c.out_dir)
     return c, ckpt, resuming
 
 
+# ----------------------------------------------------------------- a run owns its folder
+def claim(out_dir):
+    """Create out_dir if needed and lock it for this run: a second run into it (fresh or resume)
+    is refused; a lock whose process died holds nothing (the kernel drops a flock with its owner).
+    Writing the pid is the probe that the folder is writable. Stale temporary files of our own
+    names, left by a killed write, are removed; nothing else is touched."""
+    if not out_dir.strip():
+        raise UserError("--out_dir '': expected a directory path for the run's files")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out_dir {out_dir} is a file: the run's files go in a folder")
+    if ranks()[0] > 0:  # rank 0 holds the folder for all ranks
+        return
+    created = not os.path.exists(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = take_lock(os.path.join(out_dir, LOCK))
+        f.seek(0)
+        stale = f.read().strip()
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"cannot write into --out_dir {out_dir}: {e.strerror}") from None
+    HELD[out_dir] = (f, created)
+    if stale:
+        print(f"{out_dir}: taking over the lock of pid {stale}, which no longer runs")
+    remove_stale_writes(out_dir)
+
+
+def take_lock(path):
+    """path opened and flocked by this process -> the open file; a UserError that names the
+    holder's pid while another process holds it."""
+    while True:
+        f = open(path, 'a+')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'unknown'
+            f.close()
+            raise UserError(f"{os.path.dirname(path)} is in use by another run (pid {holder} holds "
+                            f"{path}): wait for it to end, or use another --out_dir") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        f.close()  # its holder removed the file as we opened it: lock the new one
+
+
+def remove_stale_writes(out_dir):
+    """Removes ckpt.pt.tmp, metrics.jsonl.tmp, config.json.tmp: a killed write's, as the folder is
+    held now. Only these names: a fresh run never deletes a file it did not write."""
+    for name in OWN:
+        path = os.path.join(out_dir, name + '.tmp')
+        if os.path.isfile(path):
+            print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
+            os.remove(path)
+
+
+def check_fresh(out_dir):
+    """A fresh run goes into a new or empty folder, or one that holds a run of ours without its
+    checkpoint; it never replaces a run, and never mixes with files it did not write."""
+    old = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.exists(old):  # a run is never replaced
+        old = read_checkpoint(old)
+        raise UserError(f"{out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "
+                        f"continue it with --init_from resume, or start elsewhere with another "
+                        f"--out_dir (or delete {out_dir})")
+    names = set(os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+    foreign = names - {*OWN, LOCK}
+    if 'config.json' in names and not is_our_config(os.path.join(out_dir, 'config.json')):
+        foreign.add('config.json')  # a Hugging Face model's, say: never overwritten
+    foreign = sorted(foreign)
+    if foreign:
+        raise UserError(f"{out_dir} holds files that bridge.py did not write "
+                        f"({', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}): a fresh run "
+                        f"goes into a new or empty folder; use another --out_dir")
+
+
+def is_our_config(path):
+    """Whether path is the config.json of a run of bridge.py (not, say, a Hugging Face model's)."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {'stage', 'model_config', 'out_dir'} <= config.keys()
+
+
+def release():
+    """Ends this process's hold on its run folders: the lock file goes, and a folder that this run
+    created and left without a file of its own goes too (a start that failed leaves no trace)."""
+    while HELD:
+        out_dir, (f, created) = HELD.popitem()
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out_dir, LOCK))
+            if created and not os.listdir(out_dir):
+                os.rmdir(out_dir)
+        f.close()
+
+
 def read_checkpoint(path):
-    """A ckpt.pt written by bridge.py -> dict. Memory-mapped: what is not used is never read."""
+    """A ckpt.pt written by bridge.py -> dict. Every record of the archive must pass its CRC-32
+    first (a flipped or missing byte is refused before any work); then it is memory-mapped, so
+    that what is not used is never read again."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: no such file")
+    verify(path)
     ckpt = read_weights(path, mmap=True)
     if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
         raise UserError(f"{path} is not a checkpoint written by bridge.py")
@@ -70,7 +179,24 @@ def read_checkpoint(path):
         raise UserError(f"{path} was written by an older bridge.py (it has no "
                         f"{', '.join(sorted(missing))}): its weights are ckpt['model']; rerun its "
                         f"stage to resume or hand it on")
+    unknown = set(ckpt['model_config']) - set(GPTConfig.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"{path}: its model_config has fields GPTConfig does not know "
+                        f"({', '.join(sorted(unknown))}): written by another version of model.py?")
     return ckpt
+
+
+def verify(path):
+    """Every record of a torch.save archive against the CRC-32 stored with it (torch.load itself
+    checks none of the tensor data)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UserError(f"cannot read {path}: not a whole torch.save archive ({e})") from None
+    if bad is not None:
+        raise UserError(f"cannot read {path}: it is damaged ({bad} fails its CRC-32 check: "
+                        f"flipped or lost bytes); use a copy, or start the run again")
 
 
 def resumed(c, given, ckpt):
@@ -81,7 +207,7 @@ def resumed(c, given, ckpt):
             raise UserError(f"--init_from resume continues {c.out_dir} as it was: --{k} "
                             f"{getattr(c, k)!r} is not the run's {run[k]!r} (a resume may change "
                             f"only --{', --'.join(RESUMABLE[1:])})")
-    if ckpt['world'] != int(os.environ.get('WORLD_SIZE', 1)):
+    if ckpt['world'] != ranks()[1]:
         raise UserError(f"{c.out_dir} ran as {ckpt['world']} processes: resume it with as many")
     given_again = {k: getattr(c, k) for k in given - {'init_from'}}
     return SimpleNamespace(**{**run, **given_again, 'out_dir': c.out_dir})
@@ -168,13 +294,9 @@ def weights_hash(net):
 
 
 # ----------------------------------------------------------------- writing a run's folder
-def resume_state(c, opt, scaler, ckpt, env):
+def resume_state(c, opt, scaler, ckpt):
     """-> (step, metrics so far): a resumed run's, its optimizer state loaded; (0, []) for a new
-    run. Temporary files of a checkpoint write that was killed are removed."""
-    stale = glob.glob(os.path.join(glob.escape(c.out_dir), '*.tmp')) if env.rank == 0 else []
-    for path in stale:
-        print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
-        os.remove(path)
+    run."""
     if ckpt is None:
         return 0, []
     opt.load_state_dict(ckpt['optimizer'])
@@ -190,23 +312,42 @@ def save(c, env, metrics, history, state):
     for k in ('train_loss', 'test_loss'):
         if not math.isfinite(metrics[k]):
             diverged(c, metrics['iter'], f"{k.replace('_', ' ')} {metrics[k]}", history)
+    if env.rank == 0:
+        raw = state['model']
+        ckpt = dict(state, model=raw.state_dict(), model_config=asdict(raw.config),
+                    config=vars(c), optimizer=state['optimizer'].state_dict(),
+                    scaler=state['scaler'].state_dict(), train_labels=state['train_labels'].cpu(),
+                    iter=metrics['iter'], history=history + [metrics],
+                    elapsed_s=metrics['elapsed_s'], world=env.world, threads=env.threads)
+        write_run(c, ckpt, history)
     history.append(metrics)
     print(f"eval step {metrics['iter']}: train loss {metrics['train_loss']:.4f} acc "
           f"{metrics['train_acc']:.1%} (on the labels trained on) | test loss "
           f"{metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%} | saved {c.out_dir}/ckpt.pt")
-    if env.rank > 0:
-        return
-    raw = state['model']
-    ckpt = dict(state, model=raw.state_dict(), model_config=asdict(raw.config), config=vars(c),
-                optimizer=state['optimizer'].state_dict(), scaler=state['scaler'].state_dict(),
-                train_labels=state['train_labels'].cpu(), iter=metrics['iter'], history=history,
-                elapsed_s=metrics['elapsed_s'], world=env.world)
-    os.makedirs(c.out_dir, exist_ok=True)
-    atomic(os.path.join(c.out_dir, 'ckpt.pt'), lambda f: torch.save(ckpt, f), 'wb')
-    rows = ''.join(to_json(m) + '\n' for m in history)
-    atomic(os.path.join(c.out_dir, 'metrics.jsonl'), lambda f: f.write(rows))
+
+
+def write_run(c, ckpt, history):
+    """ckpt.pt, then metrics.jsonl and config.json rewritten from it. A write that fails (a full
+    disk, a folder gone read-only) is one line; its temporary file goes, the last checkpoint
+    stays."""
+    rows = ''.join(to_json(m) + '\n' for m in ckpt['history'])
     run_config = to_json({**vars(c), 'model_config': ckpt['model_config']}, indent=1)
-    atomic(os.path.join(c.out_dir, 'config.json'), lambda f: f.write(run_config))
+    writes = {'ckpt.pt': (lambda f: torch.save(ckpt, f), 'wb'),
+              'metrics.jsonl': (lambda f: f.write(rows), 'w'),
+              'config.json': (lambda f: f.write(run_config), 'w')}
+    kept = f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
+    for name, (write, mode) in writes.items():
+        path = os.path.join(c.out_dir, name)
+        try:
+            atomic(path, write, mode)
+        except (OSError, RuntimeError) as e:  # torch.save says RuntimeError for a failed write
+            with contextlib.suppress(OSError):
+                os.remove(path + '.tmp')
+            cause = e if isinstance(e, OSError) else e.__context__  # torch wraps the OSError
+            why = cause.strerror if isinstance(cause, OSError) else str(e).splitlines()[0]
+            raise UserError(f"cannot write {path} at step {ckpt['iter']} ({why}): stopped; "
+                            f"{kept}") from None
+        kept = f"ckpt.pt keeps step {ckpt['iter']}"
 
 
 def atomic(path, write, mode='w'):

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from types import SimpleNamespace
@@ -23,6 +24,17 @@ PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16, for
 
 class UserError(Exception):
     """A mistake in what the user asked for (a flag, a file, a spec): one line, exit status 1."""
+
+
+class Stopped(BaseException):
+    """A run stopped by SIGINT or SIGTERM: exit status 128 + the signal (130, 143: the shell's
+    convention, so that `bridge.py ... && bridge.py --stage finetune ...` does not go on). result:
+    the last metrics when it stopped with a checkpoint; else why there is none. A BaseException,
+    like KeyboardInterrupt, so that no `except Exception` swallows it."""
+
+    def __init__(self, signum, result=None, why=''):
+        super().__init__(signum, why)
+        self.signum, self.result, self.why = signum, result, why
 
 
 def flags_of(namespace):
@@ -115,6 +127,26 @@ def pick_device(name):
         raise UserError(f"--device {name!r}: use auto, cuda, cuda:N, mps or cpu") from None
 
 
+def ranks():
+    """-> (RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) without torchrun. Values
+    that torchrun would never set are a one-line error, not a hang or a traceback."""
+    env = {k: os.environ.get(k, '') for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    try:
+        rank, world = int(env['RANK'] or 0), int(env['WORLD_SIZE'] or 1)
+        local = int(env['LOCAL_RANK'] or 0)
+    except ValueError:
+        shown = ' '.join(f"{k}={v!r}" for k, v in env.items() if v)
+        raise UserError(f"{shown}: torchrun sets RANK, WORLD_SIZE and LOCAL_RANK to whole numbers; "
+                        f"unset them to run one process") from None
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} with WORLD_SIZE={world}: needs 0 <= RANK < WORLD_SIZE "
+                        f"(torchrun sets both; unset them to run one process)")
+    if world > 1 and not (os.environ.get('MASTER_ADDR') and os.environ.get('MASTER_PORT')):
+        raise UserError(f"WORLD_SIZE={world} without MASTER_ADDR and MASTER_PORT: start the "
+                        f"{world} processes with torchrun --standalone --nproc_per_node={world}")
+    return rank, world, local
+
+
 def cores():
     """The CPU cores this process may use: its affinity mask, shared by torchrun's local ranks."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
@@ -126,12 +158,13 @@ def share(n):
     return max(1, n // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
 
 
-def set_threads(device):
-    """torch's CPU threads: on the CPU, the cores that other processes leave idle now (an OpenMP
-    thread on a busy core stalls all the others: 2.5x slower on 2 cores with one busy); else
-    cores(). OMP_NUM_THREADS, when set, wins. -> the number of threads."""
+def set_threads(device, wanted=0):
+    """torch's CPU threads: wanted (a resumed run's own count: other counts sum in another order),
+    else on the CPU the cores that other processes leave idle now (an OpenMP thread on a busy core
+    stalls all the others: 2.5x slower on 2 cores with one busy), else cores(). OMP_NUM_THREADS,
+    when set, wins. -> the number of threads."""
     if 'OMP_NUM_THREADS' not in os.environ:
-        torch.set_num_threads(free_cores() if device.type == 'cpu' else cores())
+        torch.set_num_threads(wanted or (free_cores() if device.type == 'cpu' else cores()))
     return torch.get_num_threads()
 
 
@@ -190,8 +223,13 @@ def autocast_dtype(name, device, on_cuda='bfloat16'):
 
 def run_cli(main):
     """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1
-    (under torchrun, from rank 0 only: the others exit quietly)."""
+    (under torchrun, from rank 0 only: the others exit quietly); a stop by a signal exits with
+    128 + its number."""
     try:
         main(sys.argv[1:])
     except UserError as e:
         sys.exit(f"error: {e}" if os.environ.get('RANK', '0') == '0' else 1)
+    except Stopped as e:
+        if e.why and os.environ.get('RANK', '0') == '0':
+            print(f"stopped by {signal.Signals(e.signum).name} {e.why}", file=sys.stderr)
+        sys.exit(128 + e.signum)

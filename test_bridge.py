@@ -25,7 +25,7 @@ import configurator
 import data
 import model
 import sample
-from conftest import HERE, cli, hf_gpt2, make_folder, metrics, run, tokens, write_patterns
+from conftest import HERE, TINY, cli, hf_gpt2, make_folder, metrics, run, tokens, write_patterns
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -603,8 +603,10 @@ def interrupt_at(step, monkeypatch):
 def test_resume_after_a_signal_is_bit_identical_with_the_same_command(folder, tmp_path, monkeypatch):
     full = run(folder, tmp_path / 'full', *RESUME_ARGS)
     real = interrupt_at(12, monkeypatch)
-    cut = run(folder, tmp_path / 'cut', *RESUME_ARGS)
-    assert cut['iter'] == 15  # a Ctrl-C in step 12 stops at the next progress line, with a checkpoint
+    with pytest.raises(configurator.Stopped) as stopped:
+        run(folder, tmp_path / 'cut', *RESUME_ARGS)
+    cut = stopped.value.result  # a Ctrl-C during step 12 stops when it ends, with a checkpoint
+    assert stopped.value.signum == signal.SIGINT and cut['iter'] == 13
     monkeypatch.setattr(bridge, 'lr_at', real)
     (tmp_path / 'cut' / 'ckpt.pt.tmp').write_bytes(b'half a checkpoint')  # a write killed earlier
     resumed = run(folder, tmp_path / 'cut', *RESUME_ARGS, '--init_from', 'resume')  # arrow-up, + resume
@@ -615,7 +617,7 @@ def test_resume_after_a_signal_is_bit_identical_with_the_same_command(folder, tm
     assert torch.equal(a['optimizer']['state'][0]['exp_avg_sq'], b['optimizer']['state'][0]['exp_avg_sq'])
     assert resumed['test_loss'] == full['test_loss']
     assert resumed['train_loss'] == pytest.approx(full['train_loss'], rel=1e-6)
-    assert [m['iter'] for m in metrics(tmp_path / 'cut')] == [10, 15, 20, 24]
+    assert [m['iter'] for m in metrics(tmp_path / 'cut')] == [10, 13, 20, 24]
     assert json.load(open(tmp_path / 'cut' / 'config.json'))['init_from'] == 'scratch'
     assert sorted(os.listdir(tmp_path / 'cut')) == ['ckpt.pt', 'config.json', 'metrics.jsonl']  # no stale .tmp
 
@@ -664,6 +666,177 @@ def test_divergence_never_writes_a_checkpoint_and_eval_prints_valid_json(folder,
     with pytest.raises(UserError, match=r'nan.pt: test loss nan: its weights diverged'):
         bridge.main(['--stage', 'eval', '--init_from', str(tmp_path / 'nan.pt'), '--device', 'cpu'])
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1])['test_loss'] is None
+
+
+def test_a_second_run_into_a_held_folder_is_refused_and_a_dead_holder_blocks_nothing(folder, tmp_path):
+    out = tmp_path / 'r'
+    holder = subprocess.Popen([sys.executable, '-c', 'import checkpoint, sys, time; checkpoint.claim(sys.argv[1]); '
+                               'print("held", flush=True); time.sleep(120)', str(out)], cwd=HERE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == 'held\n'
+    for extra in ([], ['--init_from', 'resume']):  # fresh or resume: both refused while it is held
+        with pytest.raises(UserError, match=rf'r is in use by another run \(pid {holder.pid} holds .*run.lock\)'):
+            run(folder, out, '--max_iters', '2', '--batch_size', '16', *extra)
+    holder.kill()  # kill -9: its lock file stays, its flock goes with it
+    holder.wait()
+    assert (out / 'run.lock').read_text().strip() == str(holder.pid)
+    assert run(folder, out, '--max_iters', '2', '--batch_size', '16')['iter'] == 2
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'config.json', 'metrics.jsonl']  # the lock went with the run
+
+
+def test_two_runs_started_at_once_into_one_folder_one_trains_one_is_refused(folder, tmp_path):
+    out = tmp_path / 'r'
+    argv = ['bridge.py', '--dataset', 'folder', '--data_dir', folder, '--out_dir', str(out), *TINY,
+            '--max_iters', '300', '--batch_size', '16', '--eval_interval', '15']
+    procs = [subprocess.Popen([sys.executable, *argv, '--seed', str(seed)], cwd=HERE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1], results
+    winner = [seed for seed, (rc, _) in zip((1, 2), results) if rc == 0][0]
+    refused = [err for rc, err in results if rc == 1][0]
+    assert re.search(r'error: .*r (is in use by another run \(pid \d+|holds a bridge run at step 300)', refused)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['config']['seed'] == winner and ckpt['iter'] == 300 and len(ckpt['history']) == 20
+
+
+def test_a_fresh_run_touches_no_file_it_did_not_write(folder, hf_dir, tmp_path):
+    mine = tmp_path / 'userdir'
+    mine.mkdir()
+    (mine / 'thesis.tmp').write_text('two years of work')
+    with pytest.raises(UserError, match=r'userdir holds files that bridge.py did not write \(thesis.tmp\)'):
+        run(folder, mine, '--max_iters', '2', '--batch_size', '16')
+    assert os.listdir(mine) == ['thesis.tmp'] and (mine / 'thesis.tmp').read_text() == 'two years of work'
+    hf = shutil.copytree(hf_dir[1], tmp_path / 'hf')
+    before = {f: (hf / f).read_bytes() for f in os.listdir(hf)}
+    with pytest.raises(UserError, match=r'hf holds files that bridge.py did not write \(config.json, '
+                                        r'generation_config.json, model.safetensors\)'):
+        run(folder, hf, '--max_iters', '2', '--batch_size', '16')
+    assert {f: (hf / f).read_bytes() for f in os.listdir(hf)} == before  # transformers still loads it
+    lonely = tmp_path / 'lonely'
+    lonely.mkdir()
+    shutil.copy(hf / 'config.json', lonely / 'config.json')  # only our file names, but not our config
+    with pytest.raises(UserError, match=r'lonely holds files that bridge.py did not write \(config.json\)'):
+        run(folder, lonely, '--max_iters', '2', '--batch_size', '16')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert run(folder, empty, '--max_iters', '2', '--batch_size', '16')['iter'] == 2  # an empty folder is fine
+
+
+def flip(path, offset, n):
+    b = bytearray(path.read_bytes())
+    b[offset:offset + n] = bytes(x ^ 0xFF for x in b[offset:offset + n])
+    path.write_bytes(bytes(b))
+
+
+def test_a_damaged_checkpoint_is_refused_before_any_work(bridged, tmp_path):
+    src = bridged / 'bridge' / 'ckpt.pt'
+    with open(src, 'rb') as f:  # where the head's weights lie in the archive
+        import zipfile
+        z = zipfile.ZipFile(f)
+        info = max(z.infolist(), key=lambda i: i.file_size)
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for name, offset, n in (('middle', src.stat().st_size // 2 - 2000, 4000), ('tensor', start + 100, 1)):
+        run_dir = tmp_path / name
+        shutil.copytree(bridged / 'bridge', run_dir)
+        flip(run_dir / 'ckpt.pt', offset, n)
+        with pytest.raises(UserError, match=rf'cannot read .*{name}/ckpt.pt: it is damaged \(.* fails its CRC-32'):
+            bridge.main(['--init_from', 'resume', '--out_dir', str(run_dir), '--device', 'cpu'])
+        with pytest.raises(UserError, match=r'it is damaged'):
+            bridge.main(['--stage', 'finetune', '--init_from', str(run_dir / 'ckpt.pt'), '--out_dir',
+                         str(tmp_path / 'ft'), '--device', 'cpu'])
+        with pytest.raises(UserError, match=r'it is damaged'):
+            analysis.main(['tsne', str(run_dir / 'ckpt.pt')])
+    assert not os.path.exists(tmp_path / 'ft')
+
+
+def test_a_stopped_run_exits_130_or_143_even_when_its_job_ignores_sigint(folder, tmp_path):
+    def stop_during_training(sig, out, **kw):
+        argv = ['bridge.py', '--dataset', 'folder', '--data_dir', folder, '--out_dir', str(out), *TINY,
+                '--max_iters', '100000', '--batch_size', '16', '--eval_interval', '1000']
+        p = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}, **kw)
+        while not p.stdout.readline().startswith('step '):
+            assert p.poll() is None, p.stderr.read()
+        p.send_signal(sig)
+        out_text, err = p.communicate(timeout=120)
+        return p.returncode, out_text, err
+    rc, out_text, err = stop_during_training(signal.SIGTERM, tmp_path / 'term')
+    assert rc == 143, err
+    step = int(re.search(r'stopped by SIGTERM at step (\d+), with a checkpoint', out_text)[1])
+    assert 'SIGTERM: the run stops with a checkpoint when this step ends (1 micro-step left)' in err
+    assert torch.load(tmp_path / 'term' / 'ckpt.pt', weights_only=True)['iter'] == step
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (a background job: cmd &)
+    rc, out_text, err = stop_during_training(signal.SIGINT, tmp_path / 'int', preexec_fn=ignore)
+    assert rc == 130 and 'stopped by SIGINT at step' in out_text, err
+    r = cli('bridge.py', '--dataset', 'folder', '--data_dir', folder, '--out_dir', str(tmp_path / 'term'), *TINY,
+            '--init_from', 'resume', '--max_iters', str(step + 2), '--batch_size', '16', '--eval_interval', '1000')
+    assert r.returncode == 0 and f'resuming the run in {tmp_path / "term"} at step {step}' in r.stdout, r.stderr
+
+
+def test_a_signal_during_start_up_stops_at_once_and_leaves_no_trace(folder, tmp_path, monkeypatch):
+    def interrupted_load(*args):
+        signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(bridge, 'load_dataset', interrupted_load)
+    with pytest.raises(configurator.Stopped, match='during start-up: nothing was written'):
+        run(folder, tmp_path / 'r', '--max_iters', '2')
+    assert not os.path.exists(tmp_path / 'r')
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handed back to the caller
+
+
+def test_a_signal_says_how_many_micro_steps_it_waits_for(folder, tmp_path, monkeypatch, capfd):
+    interrupt_at(3, monkeypatch)
+    with pytest.raises(configurator.Stopped) as stopped:
+        run(folder, tmp_path / 'r', '--max_iters', '20', '--batch_size', '8', '--grad_accum', '3')
+    assert stopped.value.result['iter'] == 4
+    assert 'SIGINT: the run stops with a checkpoint when this step ends (3 micro-steps left)' in capfd.readouterr().err
+
+
+def test_resume_takes_the_runs_thread_count_unless_omp_num_threads_is_set(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    threads = torch.get_num_threads()
+    seen = []
+    real = bridge.lr_at
+    monkeypatch.setattr(bridge, 'lr_at', lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    try:
+        monkeypatch.setattr(configurator, 'free_cores', lambda: 2)  # an idle machine: 2 threads
+        run(folder, tmp_path / 'r', '--max_iters', '2', '--batch_size', '16')
+        assert torch.load(tmp_path / 'r' / 'ckpt.pt', weights_only=True)['threads'] == 2
+        monkeypatch.setattr(configurator, 'free_cores', lambda: 1)  # a busy one: 1 would be chosen
+        run(folder, tmp_path / 'r', '--max_iters', '4', '--batch_size', '16', '--init_from', 'resume')
+        assert seen == [2] * 4 and 'resuming on 2 CPU threads, as the run did' in capsys.readouterr().out
+        monkeypatch.setenv('OMP_NUM_THREADS', '1')
+        torch.set_num_threads(1)
+        run(folder, tmp_path / 'r', '--max_iters', '5', '--batch_size', '16', '--init_from', 'resume')
+        assert 'the run trained on 2 CPU threads, this resume has 1' in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_failed_write_is_one_line_and_the_last_checkpoint_stays(folder, tmp_path, capsys):
+    out = tmp_path / 'r'
+    run(folder, out, '--max_iters', '4', '--batch_size', '16', '--eval_interval', '2')
+    before = (out / 'ckpt.pt').read_bytes()
+    os.symlink('/dev/full', out / 'ckpt.pt.tmp')  # every write there: ENOSPC, a full disk
+    capsys.readouterr()
+    with pytest.raises(UserError, match=r'cannot write .*r/ckpt.pt at step 6 \(No space left on device\): '
+                                        r'stopped; ckpt.pt keeps step 4'):
+        run(folder, out, '--max_iters', '6', '--batch_size', '16', '--init_from', 'resume')
+    assert (out / 'ckpt.pt').read_bytes() == before and sorted(os.listdir(out)) == ['ckpt.pt', 'config.json',
+                                                                                    'metrics.jsonl']
+    assert 'saved' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('env, message', [
+    (dict(WORLD_SIZE='abc'), r"WORLD_SIZE='abc': torchrun sets RANK, WORLD_SIZE and LOCAL_RANK to whole"),
+    (dict(RANK='1'), r'RANK=1 with WORLD_SIZE=1: needs 0 <= RANK < WORLD_SIZE'),
+    (dict(WORLD_SIZE='2'), r'WORLD_SIZE=2 without MASTER_ADDR and MASTER_PORT: start the 2 processes with torchrun'),
+])
+def test_torchrun_variables_that_torchrun_never_sets_are_one_line(env, message, folder, tmp_path, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UserError, match=message):
+        run(folder, tmp_path / 'r', '--max_iters', '2')
+    assert not os.path.exists(tmp_path / 'r')
 
 
 # ---------------------------------------------------------------- analysis.py: the paper's figures
@@ -866,6 +1039,10 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*BASE, *SCRATCH, '--out_dir', '{run}'],
      r'bridge holds a bridge run at step 30: continue it with --init_from resume, or start elsewhere with another'),
     ('bridge', [*BASE, '--init_from', 'resume'], r'--init_from resume: no checkpoint at .*run/ckpt.pt'),
+    ('bridge', [*BASE, *SCRATCH, '--out_dir='], r"--out_dir '': expected a directory path"),
+    ('bridge', [*BASE, *SCRATCH, '--out_dir', '{tmp}/junk.pt'], r'--out_dir .*junk.pt is a file: the run'),
+    ('bridge', [*BASE, *SCRATCH, '--out_dir', '{tmp}/junk.pt/run'], r'cannot write into --out_dir .*junk.pt/run: '
+                                                                    r'Not a directory'),
     ('bridge', [*RESUME, '--lr', '1'], r"continues .*bridge as it was: --lr 1.0 is not the run's 0.003"),
     ('bridge', [*RESUME, '--stage', 'finetune'], r"--stage 'finetune' is not the run's 'bridge'"),
     ('bridge', [*RESUME, '--random_label_mode', 'wrong'], r"--random_label_mode 'wrong' is not the run's 'uniform'"),
