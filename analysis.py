@@ -41,7 +41,8 @@ images = 500         # tsne: images embedded; alignment: images whose patches gi
 top_k = 8            # alignment: leading eigenvectors compared
 seed = 0             # the random direction of landscape, t-SNE's initialization
 
-CHOICES = dict(split=('test', 'train'))
+CHOICES = dict(split=('test', 'train'), dataset=('', 'cifar10', 'cifar100', 'folder'))
+POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'images', 'top_k')
 
 
 def pyplot():
@@ -57,13 +58,25 @@ def pyplot():
     return plt
 
 
+def out_prefix(f, name):
+    """OUT (--out, else analysis/<subcommand>), its folder created now, before the work."""
+    prefix = f.out or os.path.join('analysis', name)
+    try:
+        os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {prefix}: cannot create its folder ({e.strerror})") from None
+    if os.path.isdir(prefix + '.png') or os.path.isdir(prefix + '.json'):
+        raise UserError(f"--out {prefix}: {prefix}.png or .json is a folder")
+    return prefix
+
+
 def save(f, name, fig, result):
     """Write OUT.png and OUT.json (the numbers behind the figure; null where not finite)."""
-    prefix = f.out or os.path.join('analysis', name)
-    os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+    prefix = out_prefix(f, name)
     fig.savefig(prefix + '.png', dpi=110, bbox_inches='tight')
     with open(prefix + '.json', 'w') as fh:
         fh.write(to_json(result, indent=1))
+    pyplot().close(fig)  # a figure stays in pyplot's memory until closed
     print(f"wrote {prefix}.png and {prefix}.json")
 
 
@@ -113,12 +126,27 @@ def run_images(c, f, device):
                         c.num_workers)
 
 
-def images_for(net, d, split, n):
-    """The first n images of a split as the model sees them (resized, normalized), true labels."""
+def images_for(net, d, split, n, seed):
+    """n images of a split, as many of each class as can be (a seeded choice within each class),
+    as the model sees them (resized, normalized) -> (images, true labels, their indices)."""
     x, y = d[split][0], d[split][1]
     if not isinstance(x, torch.Tensor):
         raise UserError("analysis.py needs the images in memory: this dataset is too large")
-    return augment(x[:n], 'eval', net.config.img_size, d['mean'], d['std']), y[:n]
+    idx = stratified(y, n, seed).to(y.device)
+    return augment(x[idx], 'eval', net.config.img_size, d['mean'], d['std']), y[idx], idx
+
+
+def stratified(y, n, seed):
+    """n indices into labels y, ascending: each class's examples in a seeded order, taken a round
+    at a time (one of every class, then a second of every class...): the classes stay balanced."""
+    g = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    rank = torch.empty(len(y), dtype=torch.long)  # an example's place in its class's order
+    for k in y.unique():
+        members = (y == k).nonzero().flatten()
+        rank[members[torch.randperm(len(members), generator=g)]] = torch.arange(len(members))
+    order = torch.argsort(rank * (int(y.max()) + 1) + y)  # round by round, classes in order
+    return order[:n].sort().values
 
 
 # ----------------------------------------------------------------------------- Fig. 2: outliers
@@ -132,7 +160,12 @@ def state_dict_of(src):
         raise UserError(f"no model '{src}': use a GPT-2 name, a checkpoint directory or file, "
                         f"a ckpt.pt or a run directory")
     weights = read_weights(src)
-    return weights['model'] if {'model', 'model_config'} <= weights.keys() else weights
+    weights = weights.get('model', weights) if isinstance(weights, dict) else weights
+    if not (isinstance(weights, dict) and any(isinstance(v, torch.Tensor) for v in
+                                              weights.values())):
+        raise UserError(f"{src} holds no state dict of tensors to count (a "
+                        f"{type(weights).__name__}{', empty' * (weights == {})})")
+    return {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
 
 
 def is_layernorm(name):
@@ -224,16 +257,33 @@ def read_metrics(path):
     """metrics.jsonl -> its rows; a missing, empty or damaged file is a one-line error."""
     if not os.path.isfile(path):
         raise UserError(f"no metrics at {path}: give run directories (or their metrics.jsonl)")
-    rows = []
-    with open(path) as fh:
+    rows, keys = [], {'epoch', 'train_acc', 'test_acc'}
+    with open(path, 'rb') as fh:
         for i, line in enumerate(fh, 1):
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not UTF-8 (a ckpt.pt, say)
                 raise UserError(f"{path}, line {i}: not a JSON object (a damaged file?)") from None
-    if not rows or not {'epoch', 'train_acc', 'test_acc'} <= rows[0].keys():
-        raise UserError(f"{path} holds no evaluations{' yet' * (not rows)}")
+            if not (isinstance(rows[-1], dict) and keys <= rows[-1].keys()):
+                raise UserError(f"{path}, line {i}: not an evaluation of bridge.py (expected "
+                                f"{', '.join(sorted(keys))})")
+    if not rows:
+        raise UserError(f"{path} holds no evaluations yet")
     return rows
+
+
+def read_config(path):
+    """A run's config.json -> dict; {} where there is none, a one-line error where it is bad."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, 'rb') as fh:
+            c = json.load(fh)
+    except ValueError:
+        raise UserError(f"{path} is not JSON (a damaged file?)") from None
+    if not isinstance(c, dict):
+        raise UserError(f"{path} is not the config.json of a bridge.py run")
+    return c
 
 
 def curves(sources, f):
@@ -244,8 +294,7 @@ def curves(sources, f):
     for src in sources:
         path = os.path.join(src, 'metrics.jsonl') if os.path.isdir(src) else src
         rows = read_metrics(path)
-        config_path = os.path.join(os.path.dirname(path), 'config.json')
-        c = json.load(open(config_path)) if os.path.exists(config_path) else {}
+        c = read_config(os.path.join(os.path.dirname(path), 'config.json'))
         label = run_label(os.path.dirname(path) or '.', c)
         epochs = [r['epoch'] for r in rows]
         ax_train.plot(epochs, [100 * r['train_acc'] for r in rows], marker='.', label=label)
@@ -282,6 +331,8 @@ def landscape(sources, f):
     plt = pyplot()
     if len(sources) not in (1, 2):
         raise UserError("landscape takes a run directory, or its ckpt.pt (after its start)")
+    if f.grid < 2:
+        raise UserError(f"--grid {f.grid}: a surface needs at least 2 points per axis")
     end = sources[-1]
     end = os.path.join(end, 'ckpt.pt') if os.path.isdir(end) else end
     start = sources[0] if len(sources) == 2 else os.path.dirname(os.path.abspath(end))
@@ -291,9 +342,10 @@ def landscape(sources, f):
     if {k: v.shape for k, v in theta.items()} != {k: v.shape for k, v in theta0.items()}:
         raise UserError(f"{start} and {end} are not the same network")
     d1, d2 = directions(theta, theta0, f)
-    x, y = images_for(net, run_images(c, f, f.device), f.split, f.batches * f.batch_size)
+    x, y, idx = images_for(net, run_images(c, f, f.device), f.split, f.batches * f.batch_size,
+                           f.seed)
     if f.split == 'train':
-        y = ckpt['train_labels'][:len(y)].to(f.device)  # the objective the run optimized
+        y = ckpt['train_labels'].to(f.device)[idx]  # the objective the run optimized
 
     @torch.no_grad()
     def loss_at(alpha, beta):
@@ -341,7 +393,10 @@ def tsne(sources, f):
     for ax, src in zip(axes[0], sources):
         net, c, _ = load_run(src, f.device)
         d = d or run_images(c, f, f.device)
-        x, y = images_for(net, d, f.split, f.images)
+        if f.images < 2 * len(d['classes']):
+            raise UserError(f"--images {f.images}: t-SNE and the silhouette need at least 2 images "
+                            f"of each of the {len(d['classes'])} classes")
+        x, y, _ = images_for(net, d, f.split, f.images, f.seed)
         with torch.no_grad():
             feats = torch.cat([net.features(xb) for xb in x.split(f.batch_size)]).float().cpu()
         y = y.cpu()
@@ -372,7 +427,7 @@ def tsne(sources, f):
 def patch_covariance(net, d, f):
     """Sigma_x: covariance of the (3*p*p)-vectors of training patches, as Conv2d sees them
     -> (Sigma_x, its eigenvalues and eigenvectors, largest first)."""
-    x, _ = images_for(net, d, 'train', f.images)
+    x, _, _ = images_for(net, d, 'train', f.images, f.seed)
     p = net.config.patch_size
     patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2).reshape(-1, 3 * p * p)
     sigma_x = torch.cov(patches.T.double())  # patches: (N*T, 3*p*p)
@@ -437,8 +492,9 @@ def main(argv):
     sources, flags = argv[1:1 + first_flag], argv[1 + first_flag:]
     if not sources:
         raise UserError(f"{argv[0]} needs at least one source (see python analysis.py --help)")
-    f = parse(flags, globals(), CHOICES)[0]
+    f = parse(flags, globals(), CHOICES, POSITIVE)[0]
     f.device = pick_device(f.device)  # resolved once: 'auto' -> cuda, mps or cpu
+    out_prefix(f, argv[0])
     return SUBCOMMANDS[argv[0]](sources, f)
 
 

@@ -121,6 +121,9 @@ def train_labels(c, d, ckpt):
     true = d['train'][1].cpu()
     if ckpt is not None:
         return ckpt['train_labels']
+    if c.random_label_mode == 'wrong' and len(d['classes']) < 2:
+        raise UserError(f"--random_label_mode wrong draws any class but the true one: {c.dataset} "
+                        f"at {c.data_dir} has a single class")
     if c.stage == 'finetune':
         print(f"finetune: the {len(true)} true training labels")
         return true
@@ -137,12 +140,12 @@ def schedule(c, per_epoch):
     """-> (total steps, warmup steps). The warmup takes a tenth of the run at most, so that a short
     run (--max_iters, few epochs) still reaches its peak learning rate and decays."""
     total = c.max_iters or max(1, round(c.epochs * per_epoch))
-    warmup = round(c.warmup_epochs * per_epoch)
+    warmup = c.warmup_epochs * per_epoch  # a float until it is capped: 1e308 epochs round to inf
     if warmup > total // 10:
-        print(f"warmup: {c.warmup_epochs:g} epochs = {warmup} steps, more than a tenth of this "
-              f"{total}-step run: {total // 10} steps instead")
+        print(f"warmup: {c.warmup_epochs:g} epochs = {warmup:.0f} steps, more than a tenth of "
+              f"this {total}-step run: {total // 10} steps instead")
         warmup = total // 10
-    return total, warmup
+    return total, round(warmup)
 
 
 def lr_at(it, c, warmup, total):
@@ -372,10 +375,10 @@ def check_flags(c, given, ckpt):
         raise UserError(f"--stage eval needs --init_from a ckpt.pt of bridge.py, not {c.init_from}")
     if 'model' in given and c.init_from != 'scratch':
         raise UserError("--model shapes a scratch model: use it with --init_from scratch")
-    if 'random_label_fraction' in given and c.stage != 'bridge':
-        raise UserError(f"--random_label_fraction is for --stage bridge: {c.stage} has true labels")
-    if not 0 <= c.random_label_fraction <= 1:
-        raise UserError(f"--random_label_fraction {c.random_label_fraction}: must be in [0, 1]")
+    for k in ('random_label_fraction', 'random_label_mode'):
+        if k in given and c.stage != 'bridge':
+            raise UserError(f"--{k} is for --stage bridge: {c.stage} has true labels")
+    check_ranges(c)
     if c.wandb and importlib.util.find_spec('wandb') is None:
         raise UserError("--wandb True needs the wandb package: pip install wandb")
     known = ckpt['model_config'] if ckpt else OFFICIAL.get(c.init_from)
@@ -384,6 +387,19 @@ def check_flags(c, given, ckpt):
                                  block_size=(known or {}).get('block_size', 1024)))
     if known:  # else an HF checkpoint: its depth is known once it loads
         freeze_spec(c.freeze, known['n_layer'])
+
+
+def check_ranges(c):
+    """The numbers whose range a type cannot say (every flag is already finite and >= 0)."""
+    if c.random_label_fraction > 1:
+        raise UserError(f"--random_label_fraction {c.random_label_fraction}: must be in [0, 1]")
+    for k in ('dropout', 'label_smoothing'):  # 1 would drop every activation, or every target
+        if getattr(c, k) >= 1:
+            raise UserError(f"--{k} {getattr(c, k)}: must be in [0, 1)")
+    if c.min_lr > c.lr:
+        raise UserError(f"--min_lr {c.min_lr} is above --lr {c.lr}: the cosine decays to min_lr")
+    if c.seed >= 2 ** 32:  # data order seeds 1_000_003 * seed + epoch, which must fit 64 bits
+        raise UserError(f"--seed {c.seed}: must be below 2**32")
 
 
 def setup(c, ckpt):

@@ -202,6 +202,10 @@ def verify(path):
 def resumed(c, given, ckpt):
     """The run's own config; a flag given again must repeat the run's value unless RESUMABLE."""
     run = ckpt['config']
+    lacks = sorted(set(vars(c)) - set(run))
+    if lacks:
+        raise UserError(f"{c.out_dir}/ckpt.pt has no value for --{', --'.join(lacks)}: written by "
+                        f"another version of bridge.py, it cannot be resumed by this one")
     for k in sorted(given - set(RESUMABLE)):
         if getattr(c, k) != run[k]:
             raise UserError(f"--init_from resume continues {c.out_dir} as it was: --{k} "
@@ -278,7 +282,10 @@ def init_model(init_from, seed, image, model=None, source=None, new_head=True):
         return GPT.from_pretrained(init_from, **image)
     net = GPT(GPTConfig(**{**source['model_config'], **image}))
     state = {k: v for k, v in source['model'].items() if not (new_head and k.startswith('head.'))}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # 'size mismatch for KEY: ...', a line per tensor
+        raise UserError(f"{init_from} does not fit: {str(e).splitlines()[1].strip()}") from None
     check_keys(f"{init_from} does not fit", missing=set(missing) - {'head.weight', 'head.bias'},
                unexpected=unexpected)
     return net

@@ -105,6 +105,8 @@ def convert(key, val, default, choices=None, positive=False):
     except ValueError:
         kind = 'an integer' if isinstance(default, int) else 'a number'
         raise UserError(f"--{key} {val!r}: expected {kind}") from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise UserError(f"--{key} {val}: expected a finite number")
     if isinstance(out, (int, float)) and (out <= 0 if positive else out < 0):
         raise UserError(f"--{key} {val}: must be {'> 0' if positive else '>= 0'}")
     if choices and out not in choices:
@@ -119,12 +121,19 @@ def pick_device(name):
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
         name = 'mps' if name == 'cpu' and torch.backends.mps.is_available() else name
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name!r}: use auto, cuda, cuda:N, mps or cpu") from None
+        device = None
+    if device is None or device.type not in ('cuda', 'mps', 'cpu'):
+        raise UserError(f"--device {name!r}: use auto, cuda, cuda:N, mps or cpu")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: no Apple GPU (MPS) here; use --device cpu")
+    return device
 
 
 def ranks():

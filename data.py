@@ -11,8 +11,12 @@ Folders too large for memory (ImageNet) stream through DataLoader workers instea
 batch reaches `augment` as uint8 on the device, so every dataset gets the same GPU augmentation.
 """
 import hashlib
+import io
 import math
 import os
+import re
+import stat
+import time
 import urllib.error
 
 import numpy as np
@@ -81,44 +85,54 @@ def cifar(name, data_dir, train):
 # ----------------------------------------------------------------------------- image folders
 def image_folder(root, side, memory_gb, num_workers):
     """DATA_DIR/<split> -> (uint8 images (N, 3, side, side), or an Images dataset to stream when
-    larger than memory_gb), labels (N,), class names, a hash of the files' paths (relative: the
-    folder may move) and sizes. Every file is opened first, and the unreadable ones are named
-    together."""
+    larger than memory_gb), labels (N,), class names, a hash of every file's name and bytes. Every
+    file is read and decoded once here, by num_workers processes, so that a bad one is named before
+    training, not at step 70."""
     samples, classes = scan(root)
     gb = len(samples) * 3 * side * side / 1e9
     stream = gb > memory_gb
-    print(f"{root}: {'checking' if stream else 'decoding'} {len(samples)} images at {side}x{side} "
-          f"({gb:.2f} GB: {'streamed' if stream else 'kept'}, budget {memory_gb:.1f} GB)")
-    loader = DataLoader(Images(samples, 0 if stream else side), batch_size=256,
+    print(f"{root}: decoding {len(samples)} images at {side}x{side} ({gb:.2f} GB: "
+          f"{'streamed, so checked now and decoded again each epoch' if stream else 'kept'}, "
+          f"budget {memory_gb:.1f} GB)")
+    loader = DataLoader(Images(samples, side, keep=not stream), batch_size=256,
                         num_workers=num_workers)
-    images, ok = zip(*loader)  # each batch: (images, readable?)
-    bad = [samples[i][0] for i in torch.cat(ok).logical_not().nonzero().flatten().tolist()]
+    images, whys, digests, start, shown = [], [], [], time.time(), time.time()
+    for x, why, digest in loader:  # each batch: (pixels, why unreadable or '', sha256 of the file)
+        images.append(x)
+        whys += why
+        digests += digest
+        if time.time() - shown > 10:  # a folder of a million images takes minutes: say so
+            shown = time.time()
+            print(f"{root}: {len(whys)}/{len(samples)} images decoded "
+                  f"({len(whys) / (shown - start):.0f} images/s)")
+    bad = [os.path.relpath(samples[i][0], root) for i, w in enumerate(whys) if w]
     if bad:
+        why = next(w for w in whys if w)
         raise UserError(f"{len(bad)} unreadable image file{'s' * (len(bad) > 1)} in {root}: "
-                        f"{', '.join(bad[:3])}{', ...' * (len(bad) > 3)}")
+                        f"{bad[0]} ({why}){''.join(', ' + p for p in bad[1:3])}"
+                        f"{', ...' * (len(bad) > 3)}")
     labels = torch.tensor([k for _, k in samples])
-    files = ''.join(f"{os.path.relpath(p, root)} {os.path.getsize(p)}\n" for p, _ in samples)
     images = Images(samples, side) if stream else torch.cat(images)
-    return images, labels, classes, hashlib.sha256(files.encode()).hexdigest()
+    # the files' names (relative: the folder may move) and bytes, the same whether kept or streamed
+    names = [os.fsencode(os.path.relpath(p, root)) for p, _ in samples]
+    content = b''.join(name + b' ' + sha.encode() + b'\n' for name, sha in zip(names, digests))
+    return images, labels, classes, hashlib.sha256(content).hexdigest()
 
 
 def scan(root):
-    """DATA_DIR/<split>/<class>/**/<image> -> ([(path, class index)], class names), sorted. Links
-    are followed, but not into a folder already walked or up into its own parents (a loop)."""
+    """DATA_DIR/<split>/<class>/**/<image> -> ([(path, class index)], class names), sorted. Hidden
+    folders and files (.ipynb_checkpoints, .DS_Store) are not data; links are followed, but not
+    into a folder already walked or up into its own parents (a loop)."""
     if not os.path.isdir(root):
         raise UserError(f"no image folder at {root}; expected {LAYOUT}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    entries = [e for e in os.scandir(root) if e.is_dir()]
+    hidden = sorted(e.name for e in entries if e.name.startswith('.'))
+    if hidden:
+        print(f"{root}: skipping hidden folder{'s' * (len(hidden) > 1)} {', '.join(hidden)}")
+    classes = sorted(e.name for e in entries if not e.name.startswith('.'))
     samples = []
     for k, name in enumerate(classes):
-        top, seen, found = os.path.realpath(os.path.join(root, name)), set(), []
-        for folder, subfolders, files in os.walk(os.path.join(root, name), followlinks=True):
-            subfolders.sort()
-            real = os.path.realpath(folder)
-            if real in seen or top.startswith(real + os.sep):
-                subfolders.clear()
-                continue
-            seen.add(real)
-            found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+        found = images_under(os.path.join(root, name))
         if not found:
             raise UserError(f"class folder {root}/{name} holds no images "
                             f"({' '.join(IMG_EXTENSIONS)})")
@@ -128,34 +142,64 @@ def scan(root):
     return samples, classes
 
 
-class Images(torch.utils.data.Dataset):
-    """samples[i] -> (uint8 (3, side, side), True), or (zeros, False) for a file that cannot be
-    decoded, so that bad files are reported together. side 0: only open the file (a quick check)."""
+def images_under(top):
+    """The image files below one class folder, each once; a pipe or device named like an image is
+    an error (reading it would wait forever)."""
+    real_top, seen, found = os.path.realpath(top), set(), []
+    for folder, subfolders, files in os.walk(top, followlinks=True):
+        subfolders[:] = sorted(s for s in subfolders if not s.startswith('.'))
+        real = os.path.realpath(folder)
+        if real in seen or real_top.startswith(real + os.sep):
+            subfolders.clear()
+            continue
+        seen.add(real)
+        for f in files:
+            path = os.path.join(folder, f)
+            if f.startswith('.') or not f.lower().endswith(IMG_EXTENSIONS):
+                continue
+            if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+                raise UserError(f"{path} is not a regular file (a pipe, socket or device): "
+                                f"remove it from the dataset")
+            found.append(path)
+    return found
 
-    def __init__(self, samples, side):
-        self.samples, self.side = samples, side
+
+class Images(torch.utils.data.Dataset):
+    """samples[i] -> (uint8 (3, side, side), '', the file's sha256), or (zeros, why, '') for a
+    file that cannot be decoded, so that bad files are reported together. keep=False decodes in
+    full but returns no pixels (the check of a streamed folder)."""
+
+    def __init__(self, samples, side, keep=True):
+        self.samples, self.side, self.keep = samples, side, keep
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
+        side = self.side if self.keep else 0
         try:
-            return decode(self.samples[i][0], self.side), True
-        except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-            return torch.zeros(3, self.side, self.side, dtype=torch.uint8), False
+            with open(self.samples[i][0], 'rb') as f:
+                raw = f.read()
+            x = decode(io.BytesIO(raw), self.side)
+        except Exception as e:  # OSError, ValueError, SyntaxError, DecompressionBombError...
+            why = re.sub(r' <_io.BytesIO .*>', '', (str(e).splitlines() or [''])[0])[:120]
+            why = f"{type(e).__name__}: {why}"
+            return torch.zeros(3, side, side, dtype=torch.uint8), why, ''
+        return x[:, :side, :side], '', hashlib.sha256(raw).hexdigest()
 
 
 def decode(path, side):
     """An image file -> uint8 (3, side, side): its central square, resized. The least work on the
     CPU: a large JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers side, and the resize
     is bilinear (antialiased; 1.3x faster than bicubic at 500x375 -> 224, and the crops on the
-    device are bicubic). 16-bit images keep their top 8 bits (convert('RGB') clips them)."""
+    device are bicubic). 16-bit images keep their top 8 bits (convert('RGB') clips them); float
+    images (TIFF mode F) are read as 0..1."""
     with Image.open(path) as img:
-        if not side:
-            return torch.zeros(3, 0, 0, dtype=torch.uint8)
         img.draft('RGB', (side, side))
         if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):
             img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+        if img.mode == 'F':
+            img = Image.fromarray((np.asarray(img).clip(0, 1) * 255).round().astype(np.uint8))
         w, h = img.size
         s = min(w, h)
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
@@ -193,9 +237,11 @@ def batches(images, labels, order, num_workers=0):
     # a folder too large for memory: workers decode, pinned memory copies asynchronously
     loader = DataLoader(images, batch_sampler=[i.tolist() for i in order], num_workers=num_workers,
                         pin_memory=device.type == 'cuda')
-    for (x, ok), idx, cpu_idx in zip(loader, on_device, order):
-        if not ok.all():
-            raise UserError(f"cannot decode {images.samples[cpu_idx[~ok][0]][0]}")
+    for (x, why, _), idx, cpu_idx in zip(loader, on_device, order):
+        bad = [(i, w) for i, w in zip(cpu_idx.tolist(), why) if w]
+        if bad:  # changed since it was checked at start-up
+            raise UserError(f"cannot decode {images.samples[bad[0][0]][0]} ({bad[0][1]}): it was "
+                            f"readable when the run started")
         yield x.to(device, non_blocking=True), labels[idx]
 
 

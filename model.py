@@ -51,6 +51,9 @@ CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_
 # keys in GPT-2 checkpoints that are not parameters: causal-mask buffers and the tied output layer
 IGNORED = re.compile(r'(^|\.)(attn\.bias|attn\.masked_bias)$|^lm_head\.weight$')
 FREEZABLE = ('wpe', 'ln_f', 'patch', 'head')  # the parts outside the blocks that --freeze can name
+# config.json settings of transformers' GPT2Config and the value this GPT-2 computes with
+COMPUTES = dict(layer_norm_epsilon=1e-5, scale_attn_weights=True,
+                scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
 
 
 class CausalSelfAttention(nn.Module):
@@ -306,27 +309,57 @@ def locate(source):
     if not files or not os.path.isfile(config):
         raise UserError(f"{source} is not a GPT-2 checkpoint directory: expected config.json and "
                         f"model.safetensors or pytorch_model.bin in it")
-    with open(config) as f:
-        hf = json.load(f)
+    return files[0], read_hf_config(config)
+
+
+def read_hf_config(path):
+    """A Hugging Face config.json -> dict, if it describes what this GPT-2 computes: sizes that are
+    positive whole numbers, tanh GELU, LayerNorm eps 1e-5, attention scaled by 1/sqrt(head size)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            hf = json.load(f)
+    except ValueError as e:  # also a file that is not UTF-8
+        raise UserError(f"{path} is not JSON ({str(e)[:80]})") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}: expected a JSON object of GPT-2's settings, not a "
+                        f"{type(hf).__name__}")
+    for k in ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size'):
+        if k in hf and not (type(hf[k]) is int and hf[k] > 0):
+            raise UserError(f"{path}: {k} {hf[k]!r} is not a positive whole number")
     if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
-        raise UserError(f"{source}: activation {hf['activation_function']} is not tanh GELU")
-    return files[0], hf
+        raise UserError(f"{path}: activation {hf['activation_function']} is not tanh GELU")
+    for k, ours in COMPUTES.items():  # a setting another model needs would change the logits
+        if hf.get(k, ours) != ours:
+            raise UserError(f"{path}: {k} {hf[k]!r} is not what this GPT-2 computes ({ours!r}, "
+                            f"OpenAI's); it would change every logit")
+    if hf.get('n_inner') not in (None, 4 * hf.get('n_embd', 0)):
+        raise UserError(f"{path}: n_inner {hf['n_inner']}: GPT-2's MLP is 4 x n_embd wide")
+    return hf
 
 
 def shape_of(sd, hf, path):
-    """GPT-2's architecture from its config.json, else from the shapes of an official width."""
+    """GPT-2's architecture from the tensors' shapes; a config.json must agree with them (so that
+    nothing is allocated that the weights do not hold). n_head: the config's, else the official
+    width's."""
     for key in ('wte.weight', 'wpe.weight'):
-        if key not in sd:
-            raise UserError(f"{path} is not a GPT-2 checkpoint: missing key {key}")
-    positions, n_embd = sd['wpe.weight'].shape
-    if not hf and n_embd not in HEADS_BY_WIDTH:
+        if key not in sd or sd[key].dim() != 2:
+            raise UserError(f"{path} is not a GPT-2 checkpoint: no 2-D tensor {key}")
+    blocks = {re.match(r'h\.(\d+)\.', k) for k in sd if k.startswith('h.')}
+    if None in blocks:
+        odd = sorted(k for k in sd if k.startswith('h.') and not re.match(r'h\.\d+\.', k))
+        raise UserError(f"{path}: unexpected key {odd[0]} (block keys are h.<index>.<name>)")
+    (positions, n_embd), vocab = sd['wpe.weight'].shape, sd['wte.weight'].shape[0]
+    shape = dict(block_size=positions, n_embd=n_embd, vocab_size=vocab,
+                 n_layer=1 + max((int(m[1]) for m in blocks), default=-1))
+    for k, name in (('block_size', 'n_positions'), ('n_embd', 'n_embd'),
+                    ('vocab_size', 'vocab_size'), ('n_layer', 'n_layer')):
+        if hf.get(name, shape[k]) != shape[k]:
+            raise UserError(f"{path}: its config.json says {name} {hf[name]}, its weights hold "
+                            f"{shape[k]}")
+    if 'n_head' not in hf and n_embd not in HEADS_BY_WIDTH:
         raise UserError(f"{path}: width {n_embd} is not an official GPT-2 size "
                         f"({sorted(HEADS_BY_WIDTH)}); pass a directory with config.json for others")
-    n_layer = 1 + max([int(k.split('.')[1]) for k in sd if k.startswith('h.')], default=-1)
-    return dict(block_size=hf.get('n_positions', positions), n_embd=hf.get('n_embd', n_embd),
-                vocab_size=hf.get('vocab_size', sd['wte.weight'].shape[0]),
-                n_layer=hf.get('n_layer', n_layer),
-                n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
+    return dict(shape, n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
 
 
 def download(name):
@@ -353,5 +386,10 @@ def read_weights(path, mmap=False):
             return safetensors.torch.load_file(path)
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, corrupt, not weights at all: name the file, not a traceback
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
-            from None
+        lines = [line for line in str(e).splitlines() if line.strip()] or ['']
+        if lines[0].startswith('Weights only load failed'):  # torch's reason is further down
+            why = next((x for x in lines if 'GLOBAL' in x or 'Unpickler' in x), lines[-1])
+            raise UserError(f"cannot read {path}: it holds Python objects that are not weights, "
+                            f"which torch.load(weights_only=True) refuses to run "
+                            f"({why.strip()[:160]})") from None
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {lines[0][:200]}") from None

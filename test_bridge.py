@@ -182,6 +182,65 @@ def test_broken_checkpoints_name_the_problem(tmp_path, hf_dir, damage, message):
         GPT.from_pretrained(str(tmp_path))
 
 
+@pytest.mark.parametrize('config, message', [
+    ('garbage {', r'config.json is not JSON'),
+    ('', r'config.json is not JSON'),
+    ('[1, 2]', r'config.json: expected a JSON object of GPT-2.s settings, not a list'),
+    (dict(n_head=None), r"config.json: n_head None is not a positive whole number"),
+    (dict(n_head=0), r'config.json: n_head 0 is not a positive whole number'),
+    (dict(n_head='4'), r"config.json: n_head '4' is not a positive whole number"),
+    (dict(n_positions=10 ** 9), r'its config.json says n_positions 1000000000, its weights hold 64'),
+    (dict(n_layer=10 ** 5), r'its config.json says n_layer 100000, its weights hold 2'),
+    (dict(layer_norm_epsilon=1e-6), r"layer_norm_epsilon 1e-06 is not what this GPT-2 computes \(1e-05"),
+    (dict(scale_attn_by_inverse_layer_idx=True), r'scale_attn_by_inverse_layer_idx True is not what this GPT-2'),
+    (dict(n_inner=100), r"n_inner 100: GPT-2's MLP is 4 x n_embd wide"),
+    ('drop n_head', r'width 64 is not an official GPT-2 size'),
+])
+def test_hf_configs_that_do_not_describe_this_gpt2_are_one_line(tmp_path, hf_dir, config, message):
+    """Checked before anything is allocated: n_layer 1e5 would otherwise build 100,000 blocks."""
+    _, src = hf_dir
+    shutil.copy(os.path.join(src, 'model.safetensors'), tmp_path)
+    cfg = json.load(open(os.path.join(src, 'config.json')))
+    if isinstance(config, dict):
+        text = json.dumps({**cfg, **config})
+    elif config == 'drop n_head':
+        text = json.dumps({k: v for k, v in cfg.items() if k != 'n_head'})
+    else:
+        text = config
+    (tmp_path / 'config.json').write_text(text)
+    with pytest.raises(UserError, match=message):
+        GPT.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('wpe 1-D', r'is not a GPT-2 checkpoint: no 2-D tensor wpe.weight'),
+    ('h.x.foo', r'unexpected key h.x.foo \(block keys are h.<index>.<name>\)'),
+])
+def test_weights_of_odd_shapes_or_keys_are_one_line(tmp_path, hf_dir, damage, message):
+    from safetensors.torch import load_file, save_file
+    sd = {k.removeprefix('transformer.'): v for k, v in load_file(os.path.join(hf_dir[1], 'model.safetensors')).items()}
+    if damage == 'wpe 1-D':
+        sd['wpe.weight'] = sd['wpe.weight'].flatten()
+    else:
+        sd['h.x.foo'] = torch.zeros(3)
+    save_file(sd, tmp_path / 'gpt2.safetensors')
+    with pytest.raises(UserError, match=message):
+        GPT.from_pretrained(str(tmp_path / 'gpt2.safetensors'))
+
+
+def test_a_pickle_that_would_run_code_is_refused_with_torchs_reason(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('touch ' + str(tmp_path / 'pwned'),))
+    torch.save({'model': Evil(), 'model_config': {}, 'config': {}}, tmp_path / 'evil.pt')
+    for load in (lambda: model.read_weights(str(tmp_path / 'evil.pt')),
+                 lambda: bridge.main(['--init_from', str(tmp_path / 'evil.pt'), '--out_dir', str(tmp_path / 'o')])):
+        with pytest.raises(UserError, match=r'evil.pt: it holds Python objects that are not weights, which '
+                                            r'torch.load\(weights_only=True\) refuses to run \(.*GLOBAL .*system'):
+            load()
+    assert not os.path.exists(tmp_path / 'pwned') and not os.path.exists(tmp_path / 'o')
+
+
 def test_missing_sources_and_offline_download(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"no weights '.*nope': no such file or directory; use one of gpt2"):
         GPT.from_pretrained(str(tmp_path / 'nope'))
@@ -432,22 +491,75 @@ def test_folder_scan_skips_link_loops_and_names_bad_files(tmp_path):
     assert classes == ['class0', 'class1'] and len(samples) == 8             # each image once
     (tmp_path / 'f' / 'train' / 'class1' / 'empty.png').write_bytes(b'')
     (tmp_path / 'f' / 'train' / 'class1' / 'junk.jpg').write_bytes(b'not an image at all')
-    for budget in (1.0, 0.0):  # in memory: decoded; streamed: opened
-        with pytest.raises(UserError, match=r'2 unreadable image files in .*train: .*empty.png, .*junk.jpg$'):
+    for budget in (1.0, 0.0):  # in memory or streamed: decoded in full at start-up
+        with pytest.raises(UserError, match=r'2 unreadable image files in .*train: class1/empty.png '
+                                            r'\(UnidentifiedImageError: cannot identify image file\), class1/junk.jpg$'):
             data.load_dataset('folder', root, 16, 'cpu', memory_gb=budget)
     os.makedirs(tmp_path / 'f' / 'val' / 'class2')
     with pytest.raises(UserError, match=r'class folder .*val/class2 holds no images'):
         data.scan(os.path.join(root, 'val'))
 
 
-def test_a_streamed_image_that_fails_to_decode_is_named(tmp_path):
+def test_a_streamed_image_that_fails_to_decode_is_named_at_start_up_or_when_it_breaks(tmp_path):
     root = make_folder(tmp_path / 'f', n_classes=2, n_train=8, n_val=2)
     path = tmp_path / 'f' / 'train' / 'class0' / '3.png'
-    path.write_bytes(path.read_bytes()[:60])  # the header is intact, the pixels are cut off
-    d = data.load_dataset('folder', root, 16, 'cpu', memory_gb=0.0)  # opening it works: it streams
-    with pytest.raises(UserError, match=r'cannot decode .*class0/3.png'):
+    whole = path.read_bytes()
+    path.write_bytes(whole[:60])  # the header is intact, the pixels are cut off
+    with pytest.raises(UserError, match=r'1 unreadable image file in .*train: class0/3.png \(OSError: image file is '
+                                        r'truncated'):
+        data.load_dataset('folder', root, 16, 'cpu', memory_gb=0.0)  # streamed, but decoded once in full first
+    path.write_bytes(whole)
+    d = data.load_dataset('folder', root, 16, 'cpu', memory_gb=0.0)
+    path.write_bytes(whole[:60])  # broken during the run
+    with pytest.raises(UserError, match=r'cannot decode .*class0/3.png \(OSError: image file is truncated.*\): it '
+                                        r'was readable when the run started'):
         for _ in data.train_batches(*d['train'], 4, seed=0):
             pass
+
+
+def test_folders_skip_hidden_entries_and_name_pipes_bombs_and_odd_names(tmp_path, capsys):
+    root = make_folder(tmp_path / 'f', n_classes=2, n_train=4, n_val=2)
+    os.makedirs(tmp_path / 'f' / 'train' / '.ipynb_checkpoints')  # Jupyter's: not a class
+    Image.new('RGB', (8, 8)).save(tmp_path / 'f' / 'train' / '.ipynb_checkpoints' / 'x.png')
+    Image.new('RGB', (8, 8)).save(tmp_path / 'f' / 'train' / 'class0' / '._0.png')  # macOS's resource fork
+    samples, classes = data.scan(os.path.join(root, 'train'))
+    assert classes == ['class0', 'class1'] and len(samples) == 8
+    assert 'skipping hidden folder .ipynb_checkpoints' in capsys.readouterr().out
+    odd = os.fsdecode(b'\xff\xfe.png')  # a file name that is not UTF-8
+    Image.new('RGB', (8, 8), (10, 20, 30)).save(os.path.join(root, 'train', 'class1', odd))
+    d = data.load_dataset('folder', root, 8, 'cpu')
+    assert d['train'][0].shape[0] == 9
+    os.mkfifo(tmp_path / 'f' / 'val' / 'class0' / 'pipe.png')  # reading it would wait forever
+    with pytest.raises(UserError, match=r'pipe.png is not a regular file \(a pipe, socket or device\)'):
+        data.load_dataset('folder', root, 8, 'cpu')
+    os.remove(tmp_path / 'f' / 'val' / 'class0' / 'pipe.png')
+    Image.new('L', (200, 200)).save(tmp_path / 'f' / 'val' / 'class0' / 'bomb.png')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # 40,000 pixels: twice over the limit is a bomb
+        with pytest.raises(UserError, match=r'val: class0/bomb.png \(DecompressionBombError: Image size'):
+            data.load_dataset('folder', root, 8, 'cpu')
+
+
+def test_a_float_tiff_keeps_its_grey_levels(tmp_path):
+    levels = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4).repeat(4, 0).repeat(4, 1)  # 0..1
+    path = str(tmp_path / 'float.tif')
+    Image.fromarray(levels, mode='F').save(path)
+    x = data.decode(path, 16)
+    assert x.shape == (3, 16, 16) and x.max() == 255 and len(x.unique()) == 16  # not black, not {0, 255}
+
+
+def test_the_fingerprint_sees_images_swapped_between_classes(folder, tmp_path):
+    a = data.load_dataset('folder', folder, 16, 'cpu')['fingerprint']
+    swapped = shutil.copytree(folder, tmp_path / 'swapped')
+    for i in range(5):  # same names, same sizes (PNGs of one size), other pixels in each class
+        x, y = swapped / 'train' / 'class0' / f'{i}.png', swapped / 'train' / 'class1' / f'{i}.png'
+        bx, by = x.read_bytes(), y.read_bytes()
+        x.write_bytes(by)
+        y.write_bytes(bx)
+    b = data.load_dataset('folder', str(swapped), 16, 'cpu')['fingerprint']
+    assert {k for k in a if a[k] != b[k]} == {'images'}
+    c = data.load_dataset('folder', folder, 16, 'cpu', memory_gb=0.0)['fingerprint']
+    assert c == a  # kept or streamed: the same data, the same fingerprint (a resume may move to another GPU)
 
 
 # ---------------------------------------------------------------- bridge.py: the two stages
@@ -516,6 +628,8 @@ def test_short_runs_warm_up_for_a_tenth_and_reach_the_peak(folder, tmp_path, cap
     assert (total, warmup) == (20, 2) and 'more than a tenth' in capsys.readouterr().out
     lrs = [bridge.lr_at(it, c, warmup, total) for it in range(total)]
     assert max(lrs) == c.lr and lrs[-1] < 0.05 * c.lr           # the peak is reached, the cosine decays
+    c = bridge.configure(['--max_iters', '20', '--warmup_epochs', '1e308', '--out_dir', str(tmp_path / 'z')])[0]
+    assert bridge.schedule(c, per_epoch=45.0) == (20, 2)         # finite, if absurd: capped like any other
     c = bridge.configure(['--epochs', '400', '--out_dir', str(tmp_path / 'y')])[0]
     assert bridge.schedule(c, per_epoch=781.0) == (312400, 3905)  # the paper's run keeps its 5 epochs
     run(folder, tmp_path / 'r', '--max_iters', '10', '--batch_size', '16', '--log_interval', '1', '--lr', '1e-3')
@@ -924,10 +1038,18 @@ def test_landscape_ends_are_the_start_and_end_of_training(bridged, tmp_path, fol
     d = data.load_dataset('folder', folder, 16, 'cpu')
     for src, key in ((run_dir + '/ckpt.pt', 'loss_end'), (run_dir, 'loss_start')):  # evaluated directly
         net = analysis.load_run(src, 'cpu')[0]
-        x, y = analysis.images_for(net, d, 'test', 32)
+        x, y, _ = analysis.images_for(net, d, 'test', 32, seed=0)
         with torch.no_grad():
             assert r[key] == pytest.approx(torch.nn.functional.cross_entropy(net(x), y).item(), rel=1e-4)
     assert r['loss_end'] != pytest.approx(r['loss_start'], rel=1e-3)
+
+
+def test_images_are_a_seeded_sample_of_every_class():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)  # sorted by class, as a folder is
+    idx = analysis.stratified(y, 30, seed=0)
+    assert torch.bincount(y[idx]).tolist() == [10, 10, 10] and idx.tolist() == sorted(set(idx.tolist()))
+    assert torch.equal(idx, analysis.stratified(y, 30, seed=0)) and not torch.equal(idx, analysis.stratified(y, 30, 1))
+    assert torch.bincount(y[analysis.stratified(y, 70, seed=0)]).tolist() == [25, 25, 20]  # class 2 runs out
 
 
 def test_tsne_separates_classes_after_real_training(bridged, tmp_path):
@@ -1015,6 +1137,22 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', ['lr=3'], r"unknown flag 'lr=3'"),
     ('bridge', [*BASE, '--lr', '-1e-3'], r'--lr -1e-3: must be >= 0'),
     ('bridge', [*BASE, '--log_interval', '0'], r'--log_interval 0: must be > 0'),
+    ('bridge', [*BASE, '--lr', 'nan'], r'--lr nan: expected a finite number'),
+    ('bridge', [*BASE, '--warmup_epochs', 'inf'], r'--warmup_epochs inf: expected a finite number'),
+    ('bridge', [*BASE, '--dropout', 'nan'], r'--dropout nan: expected a finite number'),
+    ('bridge', [*BASE, *SCRATCH, '--dropout', '1.5'], r'--dropout 1.5: must be in \[0, 1\)'),
+    ('bridge', [*BASE, *SCRATCH, '--dropout', '1.0'], r'--dropout 1.0: must be in \[0, 1\)'),
+    ('bridge', [*BASE, *SCRATCH, '--label_smoothing', '2'], r'--label_smoothing 2.0: must be in \[0, 1\)'),
+    ('bridge', [*BASE, '--label_smoothing', 'nan'], r'--label_smoothing nan: expected a finite number'),
+    ('bridge', [*BASE, *SCRATCH, '--min_lr', '0.1', '--lr', '0.01'], r'--min_lr 0.1 is above --lr 0.01'),
+    ('bridge', [*BASE, *SCRATCH, '--seed', '20000000000000'], r'--seed 20000000000000: must be below 2\*\*32'),
+    ('bridge', [*BASE, '--device', 'meta'], r"--device 'meta': use auto, cuda, cuda:N, mps or cpu"),
+    ('bridge', [*BASE, '--device', 'mps'], r'--device mps: no Apple GPU \(MPS\) here; use --device cpu'),
+    ('bridge', [*BASE, *SCRATCH, '--device', 'cuda:7'], r'--device cuda:7: no CUDA GPU is visible|this machine has'),
+    ('bridge', [*BASE, '--stage', 'finetune', '--random_label_mode', 'wrong'], r'--random_label_mode is for '
+                                                                             r'--stage bridge'),
+    ('bridge', [*BASE, *SCRATCH, '--random_label_mode', 'wrong', '--data_dir', '{one}'],
+     r'--random_label_mode wrong draws any class but the true one: folder at .*one has a single class'),
     ('bridge', [*BASE, '--random_label_fraction', '2'], r'--random_label_fraction 2.0: must be in \[0, 1\]'),
     ('bridge', [*BASE, '--stage', 'finetune', '--random_label_fraction', '0.5'], r'is for --stage bridge'),
     ('bridge', [*BASE, '--init_from', 'scratch', '--model', '3x200'], r"--model '3x200': use gpt2, .* or LAYERSxWIDTH"),
@@ -1028,6 +1166,12 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*BASE, '--init_from', '{tmp}/old.pt'], r'old.pt was written by an older bridge.py \(it has no data, '
                                                        r'history, start, world\)'),
     ('bridge', [*BASE, '--stage', 'eval'], r'--stage eval needs --init_from a ckpt.pt of bridge.py, not gpt2-medium'),
+    ('bridge', [*BASE, '--init_from', '{tmp}/extra_key.pt'], r'extra_key.pt: its model_config has fields GPTConfig '
+                                                             r'does not know \(rotary\)'),
+    ('bridge', [*BASE, '--init_from', '{tmp}/wide_head.pt'], r'wide_head.pt does not fit: size mismatch for '
+                                                             r'head.weight'),
+    ('bridge', [*BASE, '--init_from', 'resume', '--out_dir', '{tmp}/flagless'],
+     r'flagless/ckpt.pt has no value for --grad_clip: written by another version of bridge.py'),
     ('bridge', [*BASE, '--init_from', '{run}/ckpt.pt', '--patch_size', '8'],
      r'--patch_size 8: .*ckpt.pt was trained with patch_size 4, part of its network'),
     ('bridge', [*BASE, *SCRATCH, '--data_dir', '/no/data'], r'no image folder at /no/data/train'),
@@ -1061,6 +1205,19 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('analysis', ['curves', '{tmp}'], r'no metrics at .*metrics.jsonl'),
     ('analysis', ['curves', '{tmp}/empty.jsonl'], r'empty.jsonl holds no evaluations yet'),
     ('analysis', ['curves', '{tmp}/cut.jsonl'], r'cut.jsonl, line 2: not a JSON object'),
+    ('analysis', ['curves', '{tmp}/list.jsonl'], r'list.jsonl, line 1: not an evaluation of bridge.py'),
+    ('analysis', ['curves', '{tmp}/badconfig'], r'badconfig/config.json is not JSON'),
+    ('analysis', ['tsne', '{run}', '--images', '0'], r'--images 0: must be > 0'),
+    ('analysis', ['tsne', '{run}', '--images', '1'], r'--images 1: t-SNE and the silhouette need at least 2 images '
+                                                     r'of each of the 4 classes'),
+    ('analysis', ['landscape', '{run}', '--grid', '1'], r'--grid 1: a surface needs at least 2 points per axis'),
+    ('analysis', ['landscape', '{run}', '--grid', '0'], r'--grid 0: must be > 0'),
+    ('analysis', ['landscape', '{run}', '--batches', '0'], r'--batches 0: must be > 0'),
+    ('analysis', ['landscape', '{run}', '--span', 'nan'], r'--span nan: expected a finite number'),
+    ('analysis', ['tsne', '{run}', '--dataset', 'foo'], r"--dataset 'foo' is not one of , cifar10, cifar100, folder"),
+    ('analysis', ['outliers', '{run}', '--out', '{tmp}/junk.pt/fig'], r'--out .*junk.pt/fig: cannot create its folder'),
+    ('analysis', ['outliers', '{tmp}/tensor.pt'], r'tensor.pt holds no state dict of tensors to count \(a Tensor\)'),
+    ('analysis', ['outliers', '{tmp}/empty.pt'], r'empty.pt holds no state dict of tensors to count \(a dict, empty\)'),
     # bench.py
     ('bench', ['--stream', '{folder}/train', '--steps', '100'], r'--stream .*train: 128 images, fewer than'),
 ])
@@ -1070,10 +1227,23 @@ def test_user_errors(main, argv, message, folder, bridged, tmp_path_factory):
     torch.save(dict(model={}, model_config={}, config={}, iter=3, metrics={}), tmp / 'old.pt')  # before 2026-11-30
     (tmp / 'empty.jsonl').write_text('')
     (tmp / 'cut.jsonl').write_text('{"iter": 1, "epoch": 1, "train_acc": 0.5, "test_acc": 0.5}\n{"iter": 2, "ep')
-    three = tmp_path_factory.getbasetemp() / 'three'
+    (tmp / 'list.jsonl').write_text('[1, 2]\n')
+    (tmp / 'badconfig').mkdir()
+    (tmp / 'badconfig' / 'metrics.jsonl').write_text('{"iter": 1, "epoch": 1, "train_acc": 0.5, "test_acc": 0.5}\n')
+    (tmp / 'badconfig' / 'config.json').write_text('{"stage": ')
+    torch.save(torch.zeros(3), tmp / 'tensor.pt')
+    torch.save({}, tmp / 'empty.pt')
+    good = torch.load(bridged / 'bridge' / 'ckpt.pt', weights_only=True)
+    torch.save(dict(good, model_config=dict(good['model_config'], rotary=True)), tmp / 'extra_key.pt')
+    torch.save(dict(good, model=dict(good['model'], **{'head.weight': torch.zeros(4, 65)})), tmp / 'wide_head.pt')
+    (tmp / 'flagless').mkdir()
+    torch.save(dict(good, config={k: v for k, v in good['config'].items() if k != 'grad_clip'}),
+               tmp / 'flagless' / 'ckpt.pt')
+    three, one = (tmp_path_factory.getbasetemp() / name for name in ('three', 'one'))
     if not three.exists():
         make_folder(three, n_classes=3, n_train=4, n_val=2)
-    fill = dict(folder=folder, tmp=str(tmp), run=str(bridged / 'bridge'), three=str(three))
+        make_folder(one, n_classes=1, n_train=32, n_val=2)
+    fill = dict(folder=folder, tmp=str(tmp), run=str(bridged / 'bridge'), three=str(three), one=str(one))
     before = (bridged / 'bridge' / 'ckpt.pt').read_bytes()
     with pytest.raises(UserError, match=message):
         dict(bridge=bridge, analysis=analysis, bench=bench)[main].main([a.format(**fill) for a in argv])
