@@ -37,7 +37,7 @@ k_std = 6.0          # outliers, relative: more than k_std std from the mean of 
 grid = 11            # landscape: points per axis; alpha and beta in linspace(-span, span, grid)
 span = 1.0           # landscape: alpha = -1 is the start of training, alpha = 0 its end
 batches = 2          # landscape: batches per loss value
-images = 500         # tsne: images embedded; alignment: images whose patches give Sigma_x
+images = 500         # tsne, alignment: images used, a seeded sample balanced over classes
 top_k = 8            # alignment: leading eigenvectors compared
 seed = 0             # the random direction of landscape, t-SNE's initialization
 

@@ -6,9 +6,10 @@ Random-label bridge training, then fine-tuning: the two stages of Luo & Shen (TM
   python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # a checkpoint's accuracy
   torchrun --standalone --nproc_per_node=8 bridge.py ...              # several GPUs (DDP)
 
-A run lives in its --out_dir; checkpoint.py keeps the rules of that folder (what a resume may
-change, the fingerprints, the atomic writes). Ctrl-C (or SIGTERM) stops at the next progress line
-with a checkpoint; the same command with --init_from resume continues it bit for bit.
+A run lives in its --out_dir, which it holds (locks) while it runs; checkpoint.py keeps the rules
+of that folder (what a resume may change, the fingerprints, the checksums, the atomic writes).
+Ctrl-C (or SIGTERM) stops when the current step ends, with a checkpoint, and exits 130 (143); the
+same command with --init_from resume continues it bit for bit.
 """
 import contextlib
 import importlib.util
@@ -92,7 +93,7 @@ def run(c, ckpt, resuming, env, stop):
     print(f"device {env.device}, {dtype}, {env.world} process{'es' * (env.world > 1)}, "
           f"{env.threads} CPU thread{'s' * (env.threads > 1)} each (OMP_NUM_THREADS sets them)")
     if resuming:
-        threads_of_run(ckpt.get('threads'), env.threads)
+        checkpoint.threads_of_run(ckpt.get('threads'), env.threads)
     d = load_data(c, ckpt, resuming, env)
     net, start = checkpoint.start_model(c, ckpt, resuming, d['classes'])
     net.to(env.device)
@@ -321,15 +322,6 @@ def evaluate(net, d, c, env):
     net.train()
     loss, acc, _ = summed(t, env)
     return dict(test_loss=loss, test_acc=acc)
-
-
-def threads_of_run(ran, now):
-    """Says whether a resume sums as its run did: the same CPU thread count, or not."""
-    if not ran or ran == now:
-        print(f"resuming on {now} CPU thread{'s' * (now > 1)}, as the run did (bit for bit)")
-    else:
-        print(f"the run trained on {ran} CPU threads, this resume has {now} (OMP_NUM_THREADS): "
-              f"sums are ordered otherwise, so it resumes close to, not bit for bit with, the run")
 
 
 def log_wandb(c, metrics):

@@ -231,6 +231,15 @@ def handed_on(c, given, ckpt):
             setattr(c, k, ckpt['config'][k])
 
 
+def threads_of_run(ran, now):
+    """Says whether a resume sums as its run did: the same CPU thread count, or not."""
+    if not ran or ran == now:
+        print(f"resuming on {now} CPU thread{'s' * (now > 1)}, as the run did (bit for bit)")
+    else:
+        print(f"the run trained on {ran} CPU threads, this resume has {now} (OMP_NUM_THREADS): "
+              f"sums are ordered otherwise, so it resumes close to, not bit for bit with, the run")
+
+
 def check_data(c, ckpt, resuming, d):
     """A resume needs exactly the run's data (its fingerprint), --stage eval the classes its head
     learned."""
