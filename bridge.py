@@ -59,7 +59,7 @@ grad_clip = 1.0                # clip the gradients' global norm to this; 0: off
 seed = 0                       # random labels, data order, augmentation, dropout, new weights
 device = 'auto'                # auto (cuda, else mps, else cpu) | cuda | cuda:N | mps | cpu
 dtype = 'auto'                 # auto: bfloat16 on CUDA (float16 before Ampere), float32 elsewhere
-compile = True                 # torch.compile the model (False for short CPU runs)
+compile = 'auto'               # torch.compile the model: auto (on CUDA only) | True | False
 out_dir = 'out/{stage}'        # the run's folder: ckpt.pt, config.json, metrics.jsonl
 eval_interval = 0              # steps between evaluations + checkpoints; 0: once an epoch
 log_interval = 20              # steps between progress lines (the loop's only host syncs)
@@ -68,7 +68,8 @@ wandb = False                  # also log to Weights & Biases (project $WANDB_PR
 
 CHOICES = dict(stage=('bridge', 'finetune', 'eval'), dataset=('cifar10', 'cifar100', 'folder'),
                aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
-               dtype=('auto', 'bfloat16', 'float16', 'float32'))
+               dtype=('auto', 'bfloat16', 'float16', 'float32'), compile=('auto', 'True', 'False'))
+COMPILING = []  # the start times of the torch.compile calls under way
 POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
 
 
@@ -80,6 +81,8 @@ def main(argv):
         env = setup(c, ckpt if resuming else None)
         with contextlib.redirect_stdout(sys.stdout if env.rank == 0 else open(os.devnull, 'w')):
             return run(c, ckpt, resuming, env, stop)
+    except torch.OutOfMemoryError:  # CUDA's (or MPS's), in a training step or an evaluation
+        raise UserError(out_of_memory(c, env)) from None
     finally:  # the run folder's lock goes; in-process callers get their signal handlers back
         checkpoint.release()
         for s, handler in previous.items():
@@ -113,6 +116,18 @@ def run(c, ckpt, resuming, env, stop):
         raise UserError(f"--freeze {c.freeze} leaves nothing to train")
     opt = net.configure_optimizers(c.weight_decay, c.lr, (0.9, 0.999), env.device.type)
     return train(c, env, d, net, opt, labels, own, start, stop)
+
+
+def out_of_memory(c, env):
+    """The line for an out-of-memory error: the batch, the device's memory, what to change."""
+    if env.device.type == 'cuda':
+        memory = torch.cuda.get_device_properties(env.device).total_memory
+    else:
+        memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return (f"out of memory on {env.device} ({memory / 2 ** 30:.0f} GiB) at --batch_size "
+            f"{c.batch_size}: a smaller --batch_size with a larger --grad_accum keeps the images "
+            f"per step, and so the learning rate: --batch_size {max(1, c.batch_size // 2)} "
+            f"--grad_accum {2 * c.grad_accum}")
 
 
 # ----------------------------------------------------------------- the method
@@ -225,14 +240,38 @@ def optimizer_step(c, raw, opt, scaler):
 
 
 def wrap(raw, c, env):
-    """The model as the loop runs it: compiled (one graph to train, one to evaluate), in DDP."""
+    """The model as the loop runs it: compiled (one graph to train, one to evaluate: every batch
+    has the same shape), in DDP."""
     net = raw
-    if c.compile:
-        print("compiling the model: the first steps take a minute or more")
+    compiled = str(c.compile) == 'True' or (str(c.compile) == 'auto' and env.device.type == 'cuda')
+    if str(c.compile) == 'auto' and compiled:
+        print("--compile auto: on, on CUDA")
+    elif str(c.compile) == 'auto':
+        print(f"--compile auto: off on {env.device.type}, where compiled steps ran slower than "
+              f"eager ones (bench.py); --compile True compiles anyway")
+    if compiled:
+        print("compiling the model: the first step and the first evaluation take longer")
+        report_compile_times()
         net = torch.compile(raw)
     if env.world > 1:
         net = DDP(net, device_ids=[env.device.index] if env.device.type == 'cuda' else None)
     return net
+
+
+def report_compile_times():
+    """Prints how long each torch.compile took, when it ends (dynamo's own callbacks: no sync)."""
+    from torch._dynamo.callback import callback_handler
+    if compile_started not in callback_handler.start_callbacks:  # torch._dynamo.reset() clears
+        callback_handler.register_start_callback(compile_started)
+        callback_handler.register_end_callback(compile_ended)
+
+
+def compile_started(*args):
+    COMPILING.append(time.time())
+
+
+def compile_ended(*args):
+    print(f"compiled in {time.time() - COMPILING.pop():.1f} s")
 
 
 def count(tallies, loss, logits, y):
@@ -318,7 +357,9 @@ def evaluate(net, d, c, env):
     for x, y in eval_batches(*d['test'], c.batch_size, env.rank, env.world, c.num_workers):
         with env.ctx:
             logits = net(augment(x, 'eval', c.img_size, d['mean'], d['std'])).float()
-        count((t,), F.cross_entropy(logits, y), logits, y)
+        t[0] += F.cross_entropy(logits, y, ignore_index=-1, reduction='sum')  # -1: the padding
+        t[1] += (logits.argmax(1) == y).sum()
+        t[2] += (y >= 0).sum()
     net.train()
     loss, acc, _ = summed(t, env)
     return dict(test_loss=loss, test_acc=acc)

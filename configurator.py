@@ -110,6 +110,9 @@ def convert(key, val, default, choices=None, positive=False):
     if isinstance(out, (int, float)) and (out <= 0 if positive else out < 0):
         raise UserError(f"--{key} {val}: must be {'> 0' if positive else '>= 0'}")
     if choices and out not in choices:
+        same = [x for x in choices if isinstance(out, str) and x.lower() == out.lower()]
+        if same:  # --compile false means False
+            return same[0]
         close = difflib.get_close_matches(out, choices, n=1)
         hint = f"; did you mean {close[0]}?" if close else ''
         raise UserError(f"--{key} {val!r} is not one of {', '.join(choices)}{hint}")

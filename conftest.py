@@ -16,6 +16,10 @@ TINY = ['--init_from', 'scratch', '--model', '2x64', '--img_size', '16', '--patc
         '--device', 'cpu', '--compile', 'False', '--num_workers', '0', '--log_interval', '5']
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'gpu: needs a CUDA GPU; skipped without one (see .ci/gpu)')
+
+
 def hf_gpt2(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=300, seed=0):
     """A random GPT2LMHeadModel of transformers (the reference), eval mode, eager attention."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -268,9 +268,16 @@ def steps_per_epoch(n, batch_size, world=1):
 
 
 def eval_batches(images, labels, batch_size, rank=0, world=1, num_workers=0):
-    """The whole split once, in order; rank r takes every world-th example."""
-    order = list(torch.arange(rank, len(labels), world).split(batch_size))
-    return batches(images, labels, order, num_workers)
+    """The whole split once, in order; rank r takes every world-th example. Every batch holds
+    batch_size examples: the last is padded with copies of the shard's first, labelled -1 (to be
+    counted nowhere), so that a compiled model sees one shape and compiles no graph for the rest."""
+    order = torch.arange(rank, len(labels), world)
+    pad = -len(order) % batch_size
+    order = list(torch.cat([order, order[:1].repeat(pad)]).split(batch_size))
+    for i, (x, y) in enumerate(batches(images, labels, order, num_workers)):
+        if pad and i == len(order) - 1:
+            y = torch.where(torch.arange(batch_size, device=y.device) < batch_size - pad, y, -1)
+        yield x, y
 
 
 def augment(images, aug, img_size, mean, std):

@@ -37,12 +37,20 @@ def strict_json(text):
     return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON: {text}"))
 
 
+def relative(a, b):
+    """|a - b| / |b|: how far a is from b, as a share of b."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 # ---------------------------------------------------------------- configurator.py: flags and --help
 def test_flags_both_forms_types_and_defaults():
-    c, given = configurator.parse(['--lr', '3e-4', '--batch_size=8', '--compile=false', '--wandb',
-                                   '--freeze', '0-5', '--warmup_epochs', '2'], vars(bridge), bridge.CHOICES)
-    assert (c.lr, c.batch_size, c.compile, c.wandb, c.freeze, c.warmup_epochs) == (3e-4, 8, False, True, '0-5', 2.0)
-    assert given == {'lr', 'batch_size', 'compile', 'wandb', 'freeze', 'warmup_epochs'} and c.epochs == 400
+    c, given = configurator.parse(['--lr', '3e-4', '--batch_size=8', '--reinit_head=false', '--wandb',
+                                   '--freeze', '0-5', '--warmup_epochs', '2', '--compile', 'true'], vars(bridge),
+                                  bridge.CHOICES)
+    assert (c.lr, c.batch_size, c.reinit_head, c.wandb, c.freeze, c.warmup_epochs) == (3e-4, 8, False, True, '0-5', 2.0)
+    assert c.compile == 'True'                                             # a choice, in any case
+    assert given == {'lr', 'batch_size', 'reinit_head', 'wandb', 'freeze', 'warmup_epochs', 'compile'}
+    assert c.epochs == 400
     assert isinstance(c.warmup_epochs, float) and c.num_workers == configurator.cores()
 
 
@@ -414,8 +422,11 @@ def test_train_batches_are_epochs_sharded_and_resumable():
     shards = [set(torch.cat([b[1] for b, _ in zip(data.train_batches(images, labels, 8, seed=0, rank=r, world=2),
                                                   range(3))]).tolist()) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 24 and not shards[0] & shards[1]
-    evaluated = torch.cat([b[1] for r in range(3) for b in data.eval_batches(images, labels, 7, rank=r, world=3)])
-    assert sorted(evaluated.tolist()) == list(range(50))                     # eval covers every example once
+    eval_batches = [b for r in range(3) for b in data.eval_batches(images, labels, 7, rank=r, world=3)]
+    assert {len(y) for _, y in eval_batches} == {7}                         # one shape: one compiled graph
+    evaluated = torch.cat([y for _, y in eval_batches])
+    assert sorted(evaluated[evaluated >= 0].tolist()) == list(range(50))     # eval covers every example once
+    assert (evaluated == -1).sum() == 4 + 4 + 5  # 17, 17, 16 examples a rank, padded to 21: labelled -1
 
 
 def test_augment_crop_is_a_pixel_shift_or_its_mirror():
@@ -637,7 +648,8 @@ def test_short_runs_warm_up_for_a_tenth_and_reach_the_peak(folder, tmp_path, cap
     assert len(printed) == 10 and max(printed) == pytest.approx(1e-3, rel=1e-2)
 
 
-def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
+@pytest.mark.parametrize('compiled', ['False', 'True'])
+def test_two_process_ddp_agrees_on_metrics(folder, tmp_path, compiled):
     import socket
     import torch.multiprocessing as mp
     with socket.socket() as s:
@@ -645,10 +657,11 @@ def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
         port = s.getsockname()[1]
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
-    procs = [ctx.Process(target=ddp_worker, args=(r, folder, str(tmp_path / 'ddp'), port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=ddp_worker, args=(r, folder, str(tmp_path / 'ddp'), port, queue, compiled))
+             for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
+    results = dict(queue.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -657,11 +670,12 @@ def test_two_process_ddp_agrees_on_metrics(folder, tmp_path):
     assert json.load(open(tmp_path / 'ddp' / 'config.json'))['batch_size'] == 8
 
 
-def ddp_worker(rank, folder, out, port, queue):
+def ddp_worker(rank, folder, out, port, queue, compiled):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', LOCAL_WORLD_SIZE='2',
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     assert configurator.cores() == max(1, len(os.sched_getaffinity(0)) // 2)  # each rank its share
-    queue.put((rank, run(folder, out, '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3')))
+    queue.put((rank, run(folder, out, '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3',
+                         '--compile', compiled)))
     assert torch.get_num_threads() <= configurator.cores()
 
 
@@ -676,6 +690,102 @@ def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
     assert a.keys() == b.keys() and not any('_orig_mod' in k for k in b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+def graphs_compiled(folder, out, *args):
+    """A compiled run in this process -> (its metrics, the graphs dynamo compiled for it)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    result = run(folder, out, '--compile', 'True', '--dropout', '0', *args)
+    return result, counters['stats']['unique_graphs']
+
+
+def test_a_compiled_run_builds_one_graph_to_train_and_one_to_evaluate(folder, tmp_path, capsys):
+    """64 test images in batches of 24: the last batch is padded, so it needs no graph of its own."""
+    args = ['--batch_size', '24', '--eval_interval', '2']
+    first, graphs = graphs_compiled(folder, tmp_path / 'r', '--max_iters', '4', *args)
+    assert graphs == 2 and re.search(r'compiled in \d+\.\d s', capsys.readouterr().out)
+    resumed, graphs = graphs_compiled(folder, tmp_path / 'r', '--max_iters', '8', '--init_from', 'resume', *args)
+    assert graphs == 2 and [m['iter'] for m in metrics(tmp_path / 'r')] == [2, 4, 6, 8]
+    eager = run(folder, tmp_path / 'eager', '--max_iters', '8', *args)  # padded the same way
+    d = data.load_dataset('folder', folder, 16, 'cpu')  # all 64 test images in one batch: no padding
+    net = analysis.load_run(str(tmp_path / 'eager' / 'ckpt.pt'), 'cpu')[0]
+    with torch.no_grad():
+        x = data.augment(d['test'][0], 'eval', 16, d['mean'], d['std'])
+        logits = net(x)
+    assert eager['test_acc'] == (logits.argmax(1) == d['test'][1]).float().mean().item()
+    assert eager['test_loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, d['test'][1]).item(),
+                                               rel=1e-5)
+
+
+def test_compile_is_on_for_cuda_only_by_default_and_says_so(folder, tmp_path, capsys):
+    from torch._dynamo.utils import counters
+    counters.clear()
+    no_compile = [a for a in TINY if a not in ('--compile', 'False')]
+    bridge.main(['--dataset', 'folder', '--data_dir', folder, '--out_dir', str(tmp_path / 'r'), *no_compile,
+                 '--max_iters', '2', '--batch_size', '16'])
+    assert '--compile auto: off on cpu, where compiled steps ran slower than eager ones' in capsys.readouterr().out
+    assert counters['stats']['unique_graphs'] == 0
+    assert bridge.configure(['--out_dir', str(tmp_path / 'x'), '--compile', 'false'])[0].compile == 'False'
+
+
+def test_bf16_autocast_training_learns_and_saves_float32_weights(folder, tmp_path, capsys):
+    result = run(folder, tmp_path / 'r', '--stage', 'finetune', '--max_iters', '40', '--batch_size', '32',
+                 '--lr', '2e-3', '--aug', 'crop', '--dtype', 'bfloat16')
+    assert 'device cpu, bfloat16' in capsys.readouterr().out and result['test_acc'] >= 0.95
+    ckpt = torch.load(tmp_path / 'r' / 'ckpt.pt', weights_only=True)
+    assert {v.dtype for v in ckpt['model'].values()} == {torch.float32} and ckpt['scaler'] == {}
+
+
+def test_float16_with_a_grad_scaler_trains_and_its_scale_resumes_bit_for_bit(folder, tmp_path, monkeypatch):
+    args = [*RESUME_ARGS, '--dtype', 'float16', '--stage', 'finetune', '--aug', 'crop']
+    full = run(folder, tmp_path / 'full', *args)
+    real = interrupt_at(12, monkeypatch)
+    with pytest.raises(configurator.Stopped):
+        run(folder, tmp_path / 'cut', *args)
+    monkeypatch.setattr(bridge, 'lr_at', real)
+    run(folder, tmp_path / 'cut', *args, '--init_from', 'resume')
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('full', 'cut'))
+    assert a['scaler'] == b['scaler'] and a['scaler']['_growth_tracker'] > 0  # the scaler's steps since a skip
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    assert full['test_acc'] > 0.5  # it learns the true labels
+
+
+def test_fused_adamw_takes_the_step_of_the_unfused_one(capsys):
+    steps = []
+    for device_type in ('cpu', 'cuda'):  # 'cuda' forces fused=True; torch >= 2.4 has it on the CPU too
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(n_layer=2, n_head=1, n_embd=64, vocab_size=0, n_classes=4, img_size=16, patch_size=4))
+        start = {k: v.clone() for k, v in m.state_dict().items()}
+        opt = m.configure_optimizers(0.05, 1e-2, (0.9, 0.999), device_type)
+        assert opt.defaults['fused'] is (device_type == 'cuda')
+        for _ in range(3):
+            torch.nn.functional.cross_entropy(m(torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))),
+                                              torch.arange(8) % 4).backward()
+            opt.step()
+            opt.zero_grad()
+        steps.append(m.state_dict())
+    assert re.findall(r'fused=(\w+)', capsys.readouterr().out) == ['False', 'True']
+    for k in steps[0]:  # 3 steps of lr 1e-2 move a weight by up to 3e-2; the two kernels round differently
+        torch.testing.assert_close(steps[0][k], steps[1][k], atol=1e-4, rtol=1e-4)
+    moved = [s['head.weight'] - start['head.weight'] for s in steps]
+    assert moved[0].abs().max() > 1e-3 and relative(moved[1], moved[0]) < 1e-3
+
+
+def test_out_of_memory_is_one_line_that_says_what_to_change(folder, tmp_path, monkeypatch):
+    real = bridge.augment
+    for when in ('train', 'eval'):
+        def augment(x, aug, *a):
+            if (aug == 'eval') == (when == 'eval'):
+                raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+            return real(x, aug, *a)
+        monkeypatch.setattr(bridge, 'augment', augment)
+        with pytest.raises(UserError, match=r'out of memory on cpu \(\d+ GiB\) at --batch_size 16: a smaller '
+                                            r'--batch_size with a larger --grad_accum keeps the images per step, and '
+                                            r'so the learning rate: --batch_size 8 --grad_accum 2$'):
+            run(folder, tmp_path / when, '--max_iters', '2', '--batch_size', '16')
+        assert not os.path.exists(tmp_path / when)
 
 
 def test_cli_errors_are_one_line_without_traceback_and_checked_before_data(tmp_path):
@@ -1120,6 +1230,111 @@ def test_bench_times_the_streaming_decode(folder, capsys):
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1]) == out
 
 
+# ---------------------------------------------------------------- GPU: skipped without CUDA (.ci/gpu runs them)
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run .ci/gpu on one)')
+
+
+def gpu_net(n_layer=2, n_head=16, n_embd=1024, seed=0):
+    """A random GPT-2 image model at the paper's 224/16 (196 tokens) on the GPU."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=0, n_classes=10, img_size=224,
+                         patch_size=16)).cuda()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_attention_runs_on_the_flash_kernel_forward_and_backward():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    net, x = gpu_net(), torch.randn(8, 3, 224, 224, device='cuda')
+    results = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):  # flash raises if it cannot run these inputs
+        net.zero_grad()
+        with sdpa_kernel(backend), torch.autocast('cuda', dtype=torch.bfloat16):
+            out = net(x).float()
+        out.square().mean().backward()
+        results.append((out.detach(), net.patch.weight.grad.clone()))
+    (flash, flash_grad), (math_out, math_grad) = results
+    assert relative(flash, math_out) < 2e-2 and relative(flash_grad, math_grad) < 5e-2
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_compiled_bf16_training_steps_match_eager():
+    losses = {}
+    for compiled in (False, True):
+        net = gpu_net(n_layer=4, n_head=8, n_embd=512)
+        opt = net.configure_optimizers(0.05, 1e-4, (0.9, 0.999), 'cuda')
+        step_net = torch.compile(net) if compiled else net
+        g = torch.Generator('cuda').manual_seed(1)
+        losses[compiled] = []
+        for _ in range(3):
+            x = torch.randn(16, 3, 224, 224, device='cuda', generator=g)
+            y = torch.randint(0, 10, (16,), device='cuda', generator=g)
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(step_net(x).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[compiled].append(loss.item())
+        losses[compiled].append(net.head.weight.detach().clone())
+    *eager, w_eager = losses[False]
+    *compiled, w_compiled = losses[True]
+    assert compiled == pytest.approx(eager, rel=2e-2) and relative(w_compiled, w_eager) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fused_adamw_takes_the_step_of_the_unfused_one(capsys):
+    weights = []
+    for fused in (False, True):
+        net = gpu_net(n_layer=2, n_head=4, n_embd=256)
+        opt = net.configure_optimizers(0.05, 1e-3, (0.9, 0.999), 'cuda' if fused else 'cpu')
+        assert opt.defaults['fused'] is fused
+        x = torch.randn(8, 3, 224, 224, device='cuda', generator=torch.Generator('cuda').manual_seed(1))
+        for _ in range(3):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        weights.append(net.state_dict())
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_bridge_run_of_a_gpt2_medium_sized_model_on_cifar_sized_data(tmp_path, monkeypatch, capsys):
+    """The main job's path, timed: random gpt2-medium weights, 224/16, 50,000 + 10,000 uint8 32x32 images."""
+    def synthetic_cifar(name, data_dir, train):
+        n, g = (50_000 if train else 10_000), torch.Generator().manual_seed(int(train))
+        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return images, torch.randint(0, 10, (n,), generator=g), [f'class{k}' for k in range(10)], f'synthetic{train}'
+    monkeypatch.setattr(data, 'cifar', synthetic_cifar)
+    torch.cuda.reset_peak_memory_stats()
+    result = bridge.main(['--init_from', 'scratch', '--model', 'gpt2-medium', '--out_dir', str(tmp_path / 'r'),
+                          '--max_iters', '120', '--log_interval', '20', '--eval_interval', '120'])
+    out = capsys.readouterr().out
+    speed = re.findall(r'step 1[02]0/120 .*\| (\d+) img/s( \| mfu ([\d.]+)%)?', out)
+    compiles = [float(s) for s in re.findall(r'compiled in ([\d.]+) s', out)]
+    assert '--compile auto: on, on CUDA' in out and compiles and result['iter'] == 120
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    with capsys.disabled():
+        print(f"\nGPU bridge run, gpt2-medium 224/16, batch 64, bf16, compiled on {torch.cuda.get_device_name()}: "
+              f"{speed[-1][0]} images/s, MFU {speed[-1][2] or '?'}%, peak memory {peak:.1f} GiB, compile "
+              f"{sum(compiles):.0f} s in {len(compiles)} parts; test accuracy {result['test_acc']:.3f}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
+def test_gpu_two_process_nccl_ddp_trains(folder, tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        'bridge.py', '--dataset', 'folder', '--data_dir', folder, '--out_dir', str(tmp_path / 'ddp'),
+                        '--init_from', 'scratch', '--model', '2x64', '--img_size', '16', '--patch_size', '4',
+                        '--max_iters', '6', '--batch_size', '8', '--eval_interval', '3', '--num_workers', '0'],
+                       cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and 'device cuda:0, bfloat16, 2 processes' in r.stdout, r.stderr
+    assert [m['iter'] for m in metrics(tmp_path / 'ddp')] == [3, 6]
+
+
 # ---------------------------------------------------------------- one-line user errors, all in one table
 BASE = ['--dataset', 'folder', '--data_dir', '{folder}', '--out_dir', '{tmp}/run', '--max_iters', '1',
         '--device', 'cpu', '--compile', 'False', '--num_workers', '0']
@@ -1131,7 +1346,8 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', ['--lerning_rate', '1'], r"unknown flag '--lerning_rate'"),
     ('bridge', ['--batchsize=4'], r'did you mean --batch_size'),
     ('bridge', ['--batch_size', 'big'], r"--batch_size 'big': expected an integer"),
-    ('bridge', ['--compile', 'maybe'], r"--compile 'maybe': expected True or False"),
+    ('bridge', ['--compile', 'maybe'], r"--compile 'maybe' is not one of auto, True, False"),
+    ('bridge', ['--reinit_head', 'maybe'], r"--reinit_head 'maybe': expected True or False"),
     ('bridge', ['--stage', 'bridg'], r"--stage 'bridg' is not one of bridge, finetune, eval; did you mean bridge"),
     ('bridge', ['--lr'], r'--lr needs a value'),
     ('bridge', ['lr=3'], r"unknown flag 'lr=3'"),
