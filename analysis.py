@@ -2,7 +2,7 @@
 The paper's figures and Theorem 4.1, one subcommand each; each writes OUT.png and OUT.json.
 
   python analysis.py outliers gpt2-medium out/bridge/ckpt.pt [vit.safetensors]  # Fig. 2: outliers
-  python analysis.py curves out/noise0 out/noise0.15 out/noise0.3 out/noise1    # Fig. 3: accuracy
+  python analysis.py curves out/noise0 out/noise15 out/noise30 out/noise100     # Fig. 3: accuracy
   python analysis.py landscape out/bridge                                        # Fig. 4: landscape
   python analysis.py tsne out/bridge out/bridge/ckpt.pt                          # Fig. 5: t-SNE
   python analysis.py alignment out/bridge out/bridge/ckpt.pt                     # Theorem 4.1
@@ -12,6 +12,7 @@ weights that run STARTED from: rebuilt as bridge.py built them, and checked agai
 its checkpoint keeps. `outliers` also takes GPT-2 names, Hugging Face checkpoints and any state-dict
 file (a vision model to compare with). Needs matplotlib and scikit-learn.
 """
+import difflib
 import json
 import math
 import os
@@ -81,11 +82,15 @@ def save(f, name, fig, result):
 
 
 def name_of(src):
-    """A source's label in figures: 'run (step 0)' for a run directory, 'run/ckpt.pt' for a file."""
+    """A source's label in figures: what a run trained on, and whether this is its start (a run
+    directory) or its checkpoint: 'noise1.0: scratch, 100% random labels (start)'. Anything else
+    (gpt2-medium, a state-dict file) by its name."""
     src = src.rstrip('/')
-    if os.path.isdir(src):
-        return f"{os.path.basename(src)} (step 0)"
-    return os.path.join(os.path.basename(os.path.dirname(src)), os.path.basename(src))
+    run_dir = src if os.path.isdir(src) else os.path.dirname(src)
+    c = read_config(os.path.join(run_dir, 'config.json')) if run_dir else {}
+    if not c or not (os.path.isdir(src) or src.endswith(('.pt', '.pth'))):
+        return os.path.basename(src) or src
+    return f"{run_label(run_dir, c)} ({'start' if os.path.isdir(src) else 'trained'})"
 
 
 def load_run(src, device):
@@ -96,6 +101,9 @@ def load_run(src, device):
     else:
         if not os.path.isfile(src):
             raise UserError(f"'{src}' is neither a ckpt.pt of bridge.py nor a run directory")
+        if src.endswith(('.jsonl', '.json')):
+            raise UserError(f"{src} is a run's {os.path.basename(src)}, not its weights: give its "
+                            f"ckpt.pt, or its run directory for the weights it started from")
         ckpt = read_checkpoint(src)
         net = init_model(src, ckpt['config']['seed'], {}, source=ckpt, new_head=False)
         print(f"{src}: step {ckpt['iter']} of a {ckpt['config']['stage']} run")
@@ -225,10 +233,12 @@ def outliers(sources, f):
         ax.plot(torch.arange(0, len(values), stride).numpy(), values[::stride].numpy(),
                 color='0.6', lw=0.3)
         idx = is_out.nonzero().flatten()
-        ax.scatter(idx.numpy(), values[idx].numpy(), s=3, color='red')
+        ax.scatter(idx.numpy(), values[idx].numpy(), s=8, color='red', zorder=3)
         for y in (f.threshold, -f.threshold):
             ax.axhline(y, ls='--', color='k', lw=0.8)
-        ax.set(ylim=(-5, 5), title=name_of(src), xlabel='parameter index', ylabel='weight value')
+        lim = 1.1 * max(values.abs().max().item(), 1.5 * f.threshold)  # the weights, no empty band
+        ax.set(ylim=(-lim, lim), title=name_of(src), xlabel='parameter index',
+               ylabel='weight value')
         ax.text(0.02, 0.95, f"outliers: {r['all']['outliers']:,} ({r['all']['ratio']:.3%})",
                 transform=ax.transAxes, va='top')
         hist = axes[len(sources)]
@@ -272,6 +282,17 @@ def read_metrics(path):
     return rows
 
 
+def history_of(path):
+    """A run's evaluations and flags -> (rows, config): from a metrics.jsonl and the config.json
+    beside it, or from a ckpt.pt, which keeps both."""
+    if path.endswith(('.pt', '.pth')):
+        ckpt = read_checkpoint(path)
+        if not ckpt['history']:
+            raise UserError(f"{path} holds no evaluations yet")
+        return ckpt['history'], ckpt['config']
+    return read_metrics(path), read_config(os.path.join(os.path.dirname(path), 'config.json'))
+
+
 def read_config(path):
     """A run's config.json -> dict; {} where there is none, a one-line error where it is bad."""
     if not os.path.exists(path):
@@ -293,8 +314,7 @@ def curves(sources, f):
     result = {}
     for src in sources:
         path = os.path.join(src, 'metrics.jsonl') if os.path.isdir(src) else src
-        rows = read_metrics(path)
-        c = read_config(os.path.join(os.path.dirname(path), 'config.json'))
+        rows, c = history_of(path)
         label = run_label(os.path.dirname(path) or '.', c)
         epochs = [r['epoch'] for r in rows]
         ax_train.plot(epochs, [100 * r['train_acc'] for r in rows], marker='.', label=label)
@@ -370,9 +390,9 @@ def draw_landscape(plt, axis, surface, f):
     ax = fig.add_subplot(1, 2, 1)
     cs = ax.contourf(axis, axis, surface, levels=30, cmap='RdYlBu_r')
     fig.colorbar(cs, ax=ax)
-    ax.plot([0], [0], 'k*', ms=10, label='end of training')
-    if -f.span <= -1:
-        ax.plot([-1], [0], 'ko', ms=6, label='start')
+    ax.plot([0], [0], 'k*', ms=10, label='end of training', clip_on=False, zorder=3)
+    if -f.span <= -1:  # on the edge when --span is 1: drawn whole, not cut by the axes
+        ax.plot([-1], [0], 'ko', ms=6, label='start', clip_on=False, zorder=3)
     ax.set(xlabel='alpha (along training, theta_T - theta_0)', ylabel='beta (random direction)')
     ax.legend()
     ax3 = fig.add_subplot(1, 2, 2, projection='3d')
@@ -467,11 +487,12 @@ def alignment(sources, f):
         ax.plot(range(1, len(along) + 1), (along.cumsum(0) / along.sum()).cpu().numpy(), lw=1.5,
                 color=f"C{i}", label=f"Sigma_w of {name_of(src)}")
         bars.barh([name_of(src)], [cosine], color=f"C{i}")
-        bars.text(cosine, i, f" {cosine:.3f} (top-{k} overlap {overlap:.2f})", va='center')
+        bars.text(min(cosine, 0.55), i, f" {cosine:.3f} (top-{k} overlap {overlap:.2f})",
+                  va='center')
     ax.set(xlabel="k: the top-k eigenvectors of Sigma_x", ylabel='share of the variance in them',
            ylim=(0, 1.02), title='how much of Sigma_w lies along the main axes of Sigma_x')
     ax.legend()
-    bars.set(xlim=(0, 1.3), xlabel='cosine(Sigma_w, Sigma_x)', title='alignment')
+    bars.set(xlim=(0, 1), xlabel='cosine(Sigma_w, Sigma_x), at most 1', title='alignment')
     bars.invert_yaxis()
     save(f, 'alignment', fig, result)
     return result
@@ -485,7 +506,9 @@ def main(argv):
     if '--help' in argv or '-h' in argv:
         parse(['--help'], globals())
     if not argv or argv[0] not in SUBCOMMANDS:
+        close = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1) if argv else []
         unknown = f"; unknown subcommand '{argv[0]}'" if argv else ''
+        unknown += f" (did you mean {close[0]}?)" if close else ''
         raise UserError(f"usage: python analysis.py {{{','.join(SUBCOMMANDS)}}} SOURCE [SOURCE "
                         f"...] [--flag value ...] (--help lists the flags){unknown}")
     first_flag = next((i for i, a in enumerate(argv[1:]) if a.startswith('--')), len(argv) - 1)

@@ -166,7 +166,8 @@ def time_stream(c, device):
     batches = train_batches(Images(samples, c.img_size), labels, c.batch_size,
                             num_workers=c.num_workers)
     print(f"streaming {c.stream}: {len(samples)} images, decoded and resized to {c.img_size}x"
-          f"{c.img_size} by {c.num_workers} workers, {c.steps} batches of {c.batch_size} timed")
+          f"{c.img_size} by {c.num_workers} worker{'s' * (c.num_workers != 1)}, {c.steps} batches "
+          f"of {c.batch_size} timed")
     next(batches)
     sync(device)
     t = time.perf_counter()

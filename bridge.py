@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import (Stopped, UserError, autocast_dtype, cores, parse, peak_flops,
                           pick_device, ranks, run_cli, set_threads, to_json)
-from data import augment, eval_batches, load_dataset, random_labels, steps_per_epoch, train_batches
+from data import (CIFAR, augment, cifar, eval_batches, load_dataset, random_labels,
+                  steps_per_epoch, train_batches)
 import checkpoint
-from model import OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec
+from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
 
 # ----------------------------------------------------------------- flags (the paper's CIFAR-10 run)
 stage = 'bridge'               # bridge: random labels | finetune: the true labels | eval: accuracy
@@ -182,6 +183,9 @@ def train(c, env, d, raw, opt, labels, ckpt, start, stop):
     eval_every = c.eval_interval or max(1, round(per_epoch))
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
     it, history = checkpoint.resume_state(c, opt, scaler, ckpt)
+    if history and lr_at(it - 1, c, warmup, total) != history[-1]['lr']:  # --max_iters, --epochs
+        print(f"the schedule now ends at step {total}: the learning rate goes from the run's "
+              f"{history[-1]['lr']:.2e} (step {it}) to {lr_at(it, c, warmup, total):.2e}")
     net = wrap(raw, c, env)
     batches = train_batches(d['train'][0], labels.to(env.device), c.batch_size, it * c.grad_accum,
                             c.seed, env.rank, env.world, c.num_workers)
@@ -455,11 +459,30 @@ def setup(c, ckpt):
                            threads=threads)
 
 
+def fetch(c):
+    """What the run needs from the network (OpenAI's weights, CIFAR), fetched before any other
+    work; everything that cannot be had offline is named in one line, not one at a time."""
+    failed = []
+    for needed, get in ((c.init_from in OFFICIAL, lambda: download(c.init_from)),
+                        (c.dataset in CIFAR, lambda: cifar(c.dataset, c.data_dir, train=False))):
+        try:
+            if needed:
+                get()
+        except UserError as e:
+            failed.append(str(e))
+    if len(failed) > 1:
+        raise UserError(f"{len(failed)} things need the network: " +
+                        '; and '.join(f"({i}) {e}" for i, e in enumerate(failed, 1)))
+    if failed:
+        raise UserError(failed[0])
+
+
 def load_data(c, ckpt, resuming, env):
     """The dataset on the device. A resume needs exactly the run's data (its fingerprint), --stage
     eval the classes its head learned. Rank 0 goes first, so that a download happens once."""
     if env.rank > 0:
         dist.barrier()
+    fetch(c)
     d = load_dataset(c.dataset, c.data_dir, c.img_size, env.device, c.num_workers)
     if env.world > 1 and env.rank == 0:
         dist.barrier()

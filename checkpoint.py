@@ -270,6 +270,9 @@ def start_model(c, ckpt, resuming, classes):
     shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} heads"
     if c.init_from == 'scratch':
         print(f"scratch: GPT-2 {shape} ({c.model}), GPT-2's random init")
+    elif c.stage == 'finetune' and ckpt is None:
+        print(f"finetune: from {c.init_from}'s language weights, without a bridge stage (to "
+              f"fine-tune a bridged network, give --init_from out/bridge/ckpt.pt)")
     elif ckpt:
         print(f"loaded {c.init_from}: step {ckpt['iter']} of a {ckpt['config']['stage']} run; "
               f"{shape}; {mc.img_size}px images in {mc.patch_size}px patches"

@@ -48,12 +48,12 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
     if name in CIFAR:
         xtr, ytr, classes, htr = cifar(name, data_dir, train=True)
         xte, yte, _, hte = cifar(name, data_dir, train=False)
-    else:
-        train, val = f"{data_dir}/train", f"{data_dir}/val"
-        xtr, ytr, classes, htr = image_folder(train, img_size, memory_gb, num_workers)
-        xte, yte, val_classes, hte = image_folder(val, img_size, memory_gb, num_workers)
+    else:  # both splits are found and listed before either is decoded
+        (train, classes), (val, val_classes) = scan(f"{data_dir}/train"), scan(f"{data_dir}/val")
         if val_classes != classes:
             raise UserError(f"{data_dir}: train and val hold other classes; expected {LAYOUT}")
+        xtr, ytr, htr = image_folder(f"{data_dir}/train", train, img_size, memory_gb, num_workers)
+        xte, yte, hte = image_folder(f"{data_dir}/val", val, img_size, memory_gb, num_workers)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
                  for v in NORMALIZE['cifar' if name in CIFAR else 'folder'])
     stored = 'x'.join(map(str, xte.shape[-2:])) if isinstance(xte, torch.Tensor) else 'streamed'
@@ -83,12 +83,11 @@ def cifar(name, data_dir, train):
 
 
 # ----------------------------------------------------------------------------- image folders
-def image_folder(root, side, memory_gb, num_workers):
-    """DATA_DIR/<split> -> (uint8 images (N, 3, side, side), or an Images dataset to stream when
-    larger than memory_gb), labels (N,), class names, a hash of every file's name and bytes. Every
+def image_folder(root, samples, side, memory_gb, num_workers):
+    """The samples of scan(root) -> (uint8 images (N, 3, side, side), or an Images dataset to
+    stream when larger than memory_gb), labels (N,), a hash of every file's name and bytes. Every
     file is read and decoded once here, by num_workers processes, so that a bad one is named before
     training, not at step 70."""
-    samples, classes = scan(root)
     gb = len(samples) * 3 * side * side / 1e9
     stream = gb > memory_gb
     print(f"{root}: decoding {len(samples)} images at {side}x{side} ({gb:.2f} GB: "
@@ -116,7 +115,7 @@ def image_folder(root, side, memory_gb, num_workers):
     # the files' names (relative: the folder may move) and bytes, the same whether kept or streamed
     names = [os.fsencode(os.path.relpath(p, root)) for p, _ in samples]
     content = b''.join(name + b' ' + sha.encode() + b'\n' for name, sha in zip(names, digests))
-    return images, labels, classes, hashlib.sha256(content).hexdigest()
+    return images, labels, hashlib.sha256(content).hexdigest()
 
 
 def scan(root):

@@ -266,9 +266,10 @@ def freeze_spec(spec, n, names=FREEZABLE):
         elif span and span.stop <= n:
             blocks.update(span)
         elif item != 'none' or len(items) > 1:
-            raise UserError(f"bad --freeze item '{item}' in '{spec}': use block ranges A-B (blocks "
-                            f"A..B-1, 0 <= A < B <= {n}) or single blocks N < {n}, and/or "
-                            f"{', '.join(list(names) + ['all'])}; or 'none' alone")
+            raise UserError(f"bad --freeze item '{item}' in '{spec}': this model has {n} blocks; "
+                            f"use block ranges A-B (blocks A..B-1, 0 <= A < B <= {n}) or single "
+                            f"blocks N < {n}, and/or {', '.join(list(names) + ['all'])}; or 'none' "
+                            f"alone")
     return blocks, parts
 
 
@@ -279,7 +280,7 @@ def architecture(name):
         return OFFICIAL[name]
     m = re.fullmatch(r'([1-9]\d*)x([1-9]\d*)', name)
     n_head = max(1, int(m[2]) // 64) if m else 0
-    if not m or int(m[2]) % n_head:
+    if not m or int(m[2]) % 64 and int(m[2]) > 64:  # 4x100 would be one head of 100
         raise UserError(f"--model {name!r}: use {', '.join(OFFICIAL)} or LAYERSxWIDTH "
                         f"(e.g. 4x128; a width below 64 or a multiple of 64)")
     return dict(n_layer=int(m[1]), n_head=n_head, n_embd=int(m[2]))

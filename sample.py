@@ -1,13 +1,24 @@
 """
 Text from GPT-2, to see that the weights model.py loads are OpenAI's (nanoGPT's sample.py).
 
-  python sample.py gpt2 "Hello, I'm a language model,"   # gpt2[-medium|-large|-xl] or a path
+  python sample.py gpt2 "Hello, I'm a language model,"      # gpt2[-medium|-large|-xl] or a path
+  python sample.py gpt2 --num_samples 5 --max_new_tokens 100 --temperature 0.9 --top_k 50
 """
 import torch
 import torch.nn.functional as F
 
-from configurator import UserError, run_cli
-from model import GPT
+from configurator import UserError, parse, pick_device, run_cli
+from model import GPT, read_weights
+
+start = "Hello, I'm a language model,"  # the prompt (also the second word of the command line)
+num_samples = 2                         # samples drawn
+max_new_tokens = 40                     # tokens generated after the prompt in each sample
+temperature = 0.8                       # < 1: more likely tokens, > 1: more varied ones
+top_k = 200                             # sample among the k likeliest tokens only; 0: all of them
+seed = 1337                             # the sampling's seed
+device = 'cpu'                          # auto | cuda | cpu | mps
+
+POSITIVE = ('num_samples', 'max_new_tokens', 'temperature')
 
 
 def byte_encoding():
@@ -42,23 +53,39 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None):
     return idx
 
 
+def language_model(source):
+    """GPT.from_pretrained(source), refusing bridge.py's image checkpoints with the reason."""
+    if source.endswith(('.pt', '.pth')):
+        weights = read_weights(source, mmap=True)
+        if isinstance(weights, dict) and {'model', 'model_config', 'config'} <= weights.keys():
+            raise UserError(f"{source} is an image model of bridge.py: it keeps no token embedding "
+                            f"(wte), so it has no text to sample; sample from the language model "
+                            f"it started from, {weights['config'].get('init_from', '?')}")
+    return GPT.from_pretrained(source).eval()
+
+
 def main(argv):
-    """python sample.py gpt2|PATH ["prompt"]: two samples of 40 tokens."""
-    if argv in (['-h'], ['--help']):
-        return print(__doc__.strip())
-    if len(argv) not in (1, 2) or argv[0].startswith('-'):
+    """python sample.py gpt2|PATH ["prompt"] [--flag value ...]."""
+    if '-h' in argv or '--help' in argv:
+        parse(['--help'], globals())
+    if not argv or argv[0].startswith('-'):
         raise UserError('usage: python sample.py gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH '
-                        '["prompt"]')
-    model = GPT.from_pretrained(argv[0]).eval()
+                        '["prompt"] [--num_samples N --max_new_tokens N --temperature T '
+                        '--top_k K --seed S --device D]')
+    source, words = argv[0], argv[1:]
+    prompt = [words.pop(0)] if words and not words[0].startswith('--') else []
+    f = parse(['--start', *prompt, *words] if prompt else words, globals(), positive=POSITIVE)[0]
+    dev = pick_device(f.device)
+    model = language_model(source).to(dev)
     if model.config.vocab_size == 50257:
         enc = gpt2_encoding()
     else:
         print(f"a vocabulary of {model.config.vocab_size} is not GPT-2's BPE: byte-level tokens")
         enc = byte_encoding()
-    prompt = argv[1] if len(argv) == 2 else "Hello, I'm a language model,"
-    torch.manual_seed(1337)
-    idx = torch.tensor([enc.encode(prompt)] * 2)
-    for row in generate(model, idx, 40, temperature=0.8, top_k=200).tolist():
+    torch.manual_seed(f.seed)
+    idx = torch.tensor([enc.encode(f.start)] * f.num_samples, device=dev)
+    out = generate(model, idx, f.max_new_tokens, f.temperature, f.top_k or None)
+    for row in out.tolist():
         print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
 
 

@@ -54,13 +54,13 @@ def test_flags_both_forms_types_and_defaults():
     assert isinstance(c.warmup_epochs, float) and c.num_workers == configurator.cores()
 
 
-@pytest.mark.parametrize('script', ['bridge.py', 'analysis.py', 'bench.py'])
+@pytest.mark.parametrize('script', ['bridge.py', 'analysis.py', 'bench.py', 'sample.py'])
 def test_help_prints_every_flag_with_its_default_and_comment(script):
     r = cli(script, '--help')
     assert r.returncode == 0 and not r.stderr, r.stderr
-    module = {'bridge.py': bridge, 'analysis.py': analysis, 'bench.py': bench}[script]
+    module = {'bridge.py': bridge, 'analysis.py': analysis, 'bench.py': bench, 'sample.py': sample}[script]
     table = configurator.flags_of(vars(module))
-    assert len(table) >= 14
+    assert len(table) >= 7
     for name, (_, source, comment) in table.items():
         assert re.search(rf"^  --{name} +{re.escape(source)} +{re.escape(comment)}$", r.stdout, re.M), name
     assert r.stdout.startswith(module.__doc__.strip().splitlines()[0])
@@ -361,6 +361,9 @@ def test_sample_cli_samples_from_a_local_dir(hf_dir):
     r = cli('sample.py', path, 'Hello')
     assert r.returncode == 0, r.stderr
     assert 'byte-level tokens' in r.stdout and r.stdout.count('---\nHello') == 2
+    r = cli('sample.py', path, '--start', 'Hi', '--num_samples', '3', '--max_new_tokens', '5', '--top_k', '0',
+            '--temperature', '1.5', '--seed', '7')
+    assert r.returncode == 0 and r.stdout.count('---\nHi') == 3, r.stderr  # nanoGPT's flags
     r = cli('sample.py', '/no/such/dir')
     assert r.returncode == 1 and r.stderr.startswith("error: no weights '/no/such/dir'") and 'Traceback' not in r.stderr
 
@@ -1019,8 +1022,8 @@ def test_resume_takes_the_runs_thread_count_unless_omp_num_threads_is_set(folder
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     threads = torch.get_num_threads()
     seen = []
-    real = bridge.lr_at
-    monkeypatch.setattr(bridge, 'lr_at', lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    real = bridge.optimizer_step
+    monkeypatch.setattr(bridge, 'optimizer_step', lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     try:
         monkeypatch.setattr(configurator, 'free_cores', lambda: 2)  # an idle machine: 2 threads
         run(folder, tmp_path / 'r', '--max_iters', '2', '--batch_size', '16')
@@ -1061,6 +1064,36 @@ def test_torchrun_variables_that_torchrun_never_sets_are_one_line(env, message, 
     with pytest.raises(UserError, match=message):
         run(folder, tmp_path / 'r', '--max_iters', '2')
     assert not os.path.exists(tmp_path / 'r')
+
+
+def test_everything_offline_is_named_at_once_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(model, 'WEIGHTS_URL', 'http://127.0.0.1:9/{name}.safetensors')  # refused: offline
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    monkeypatch.setattr(data.CIFAR['cifar10'], 'url', 'http://127.0.0.1:9/cifar-10-python.tar.gz')
+    with pytest.raises(UserError, match=r'2 things need the network: \(1\) could not download gpt2-medium from .*; '
+                                        r'and \(2\) cannot get cifar10 into .*data .*offline\? put cifar-10-python'):
+        bridge.main(['--stage', 'bridge', '--freeze', '0-5', '--data_dir', str(tmp_path / 'data'), '--out_dir',
+                     str(tmp_path / 'out'), '--device', 'cpu'])
+    assert not os.path.exists(tmp_path / 'out')
+    only_train = make_folder(tmp_path / 'f', n_classes=2, n_train=4, n_val=1)
+    shutil.rmtree(tmp_path / 'f' / 'val')
+    capsys.readouterr()
+    with pytest.raises(UserError, match=r'no image folder at .*f/val'):
+        run(only_train, tmp_path / 'r', '--max_iters', '2')
+    assert 'decoding' not in capsys.readouterr().out  # found missing before train/ was decoded
+
+
+def test_silent_decisions_are_said(folder, hf_dir, tmp_path, capsys):
+    bridge.main(['--stage', 'finetune', '--init_from', hf_dir[1], '--dataset', 'folder', '--data_dir', folder,
+                 '--out_dir', str(tmp_path / 'ft'), '--img_size', '16', '--patch_size', '4', '--max_iters', '2',
+                 '--batch_size', '16', '--device', 'cpu', '--compile', 'False', '--num_workers', '0'])
+    assert "finetune: from " + hf_dir[1] + "'s language weights, without a bridge stage" in capsys.readouterr().out
+    run(folder, tmp_path / 'r', '--max_iters', '10', '--batch_size', '16', '--eval_interval', '5')
+    capsys.readouterr()
+    run(folder, tmp_path / 'r', '--max_iters', '20', '--batch_size', '16', '--eval_interval', '5', '--init_from',
+        'resume')
+    assert re.search(r'the schedule now ends at step 20: the learning rate goes from the run.s [0-9.]+e-06 \(step '
+                     r'10\) to [0-9.]+e-04', capsys.readouterr().out)
 
 
 # ---------------------------------------------------------------- analysis.py: the paper's figures
@@ -1127,6 +1160,16 @@ def test_step_zero_of_a_hand_off_is_refused_once_its_start_changed(folder, tmp_p
     run(folder, tmp_path / 'a', '--max_iters', '4', '--batch_size', '16', '--init_from', 'resume')  # stage 1 moves on
     with pytest.raises(UserError, match=r'cannot rebuild the weights .*b started from: .*a/ckpt.pt has changed'):
         analysis.load_run(str(tmp_path / 'b'), 'cpu')
+
+
+def test_curves_read_a_checkpoints_own_history_and_figures_say_what_a_run_was(bridged, tmp_path):
+    ckpt = str(bridged / 'bridge' / 'ckpt.pt')
+    from_ckpt = analysis.main(['curves', ckpt, '--out', str(tmp_path / 'a')])[ckpt]
+    from_dir = analysis.main(['curves', str(bridged / 'bridge'), '--out', str(tmp_path / 'b')])
+    assert from_ckpt == from_dir[str(bridged / 'bridge')]
+    assert analysis.name_of(ckpt) == 'bridge: scratch, 100% random labels (trained)'
+    assert analysis.name_of(str(bridged / 'real')) == 'real: scratch, 0% random labels (start)'
+    assert analysis.name_of('gpt2-medium') == 'gpt2-medium'
 
 
 def test_curves_plot_every_run(bridged, tmp_path):
@@ -1372,9 +1415,12 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('bridge', [*BASE, '--random_label_fraction', '2'], r'--random_label_fraction 2.0: must be in \[0, 1\]'),
     ('bridge', [*BASE, '--stage', 'finetune', '--random_label_fraction', '0.5'], r'is for --stage bridge'),
     ('bridge', [*BASE, '--init_from', 'scratch', '--model', '3x200'], r"--model '3x200': use gpt2, .* or LAYERSxWIDTH"),
+    ('bridge', [*BASE, '--init_from', 'scratch', '--model', '4x100'], r"--model '4x100': .*a width below 64 or a "
+                                                                   r"multiple of 64"),
     ('bridge', [*BASE, '--init_from', 'gpt2', '--model', '2x64'], r'--model shapes a scratch model'),
     # sizes, specs and files, before any data is read
-    ('bridge', [*BASE, *SCRATCH, '--freeze', '0-9'], r"bad --freeze item '0-9'.*0 <= A < B <= 2"),
+    ('bridge', [*BASE, *SCRATCH, '--freeze', '0-9'], r"bad --freeze item '0-9' in '0-9': this model has 2 blocks;.*"
+                                                     r"0 <= A < B <= 2"),
     ('bridge', [*BASE, *SCRATCH, '--img_size', '18'], r'img_size 18 is not a multiple of patch_size 4'),
     ('bridge', [*BASE, *SCRATCH, '--img_size', '256'], r"4096 patches \(256/4\)\^2 exceed GPT-2's 1024 positions"),
     ('bridge', [*BASE, '--init_from', '/no/weights'], r'--init_from /no/weights: no such file or directory; use gpt2'),
@@ -1412,6 +1458,13 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     # analysis.py
     ('analysis', [], r'usage: python analysis.py'),
     ('analysis', ['plots', 'x'], r"unknown subcommand 'plots'"),
+    ('analysis', ['tnse', 'x'], r"unknown subcommand 'tnse' \(did you mean tsne\?\)"),
+    ('analysis', ['tsne', '{run}/metrics.jsonl'], r"metrics.jsonl is a run's metrics.jsonl, not its weights: give its "
+                                                  r"ckpt.pt, or its run directory"),
+    # sample.py
+    ('sample', ['{run}/ckpt.pt'], r'ckpt.pt is an image model of bridge.py: it keeps no token embedding \(wte\), so '
+                                  r'it has no text to sample; sample from the language model it started from, scratch'),
+    ('sample', ['gpt2', '--top_k', 'many'], r"--top_k 'many': expected an integer"),
     ('analysis', ['tsne'], r'tsne needs at least one source'),
     ('analysis', ['tsne', '{tmp}'], r'is not a bridge.py run directory: it has no ckpt.pt'),
     ('analysis', ['outliers', '/no/model'], r"no model '/no/model'"),
@@ -1462,5 +1515,5 @@ def test_user_errors(main, argv, message, folder, bridged, tmp_path_factory):
     fill = dict(folder=folder, tmp=str(tmp), run=str(bridged / 'bridge'), three=str(three), one=str(one))
     before = (bridged / 'bridge' / 'ckpt.pt').read_bytes()
     with pytest.raises(UserError, match=message):
-        dict(bridge=bridge, analysis=analysis, bench=bench)[main].main([a.format(**fill) for a in argv])
+        dict(bridge=bridge, analysis=analysis, bench=bench, sample=sample)[main].main([a.format(**fill) for a in argv])
     assert (bridged / 'bridge' / 'ckpt.pt').read_bytes() == before and not os.path.exists(tmp / 'run')
