@@ -6,30 +6,33 @@ The paper's figures and Theorem 4.1, one subcommand each; each writes OUT.png an
   python analysis.py landscape out/bridge                                        # Fig. 4: landscape
   python analysis.py tsne out/bridge out/bridge/ckpt.pt                          # Fig. 5: t-SNE
   python analysis.py alignment out/bridge out/bridge/ckpt.pt                     # Theorem 4.1
+  python analysis.py probe gpt2-medium out/bridge/ckpt.pt scratch               # layer-wise probe
 
 A source is a ckpt.pt written by bridge.py, or a run directory (out/bridge), which stands for the
 weights that run STARTED from: rebuilt as bridge.py built them, and checked against the fingerprint
 its checkpoint keeps. `outliers` also takes GPT-2 names, Hugging Face checkpoints and any state-dict
-file (a vision model to compare with). Needs matplotlib and scikit-learn.
+file (a vision model to compare with); `probe` also GPT-2 names, Hugging Face checkpoints and
+`scratch`. Needs matplotlib and scikit-learn.
 """
 import difflib
 import json
 import math
 import os
 import re
+import time
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from configurator import UserError, parse, pick_device, run_cli, to_json
+from configurator import UserError, cores, parse, pick_device, run_cli, to_json
 from data import augment, load_dataset
 from checkpoint import init_model, read_checkpoint, weights_hash
-from model import GPT, IGNORED, OFFICIAL, read_weights
+from model import GPT, IGNORED, OFFICIAL, architecture, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
 device = 'auto'      # auto | cuda | cpu | mps
-dataset = ''         # images for landscape/tsne/alignment; '': the run's own dataset
+dataset = ''         # the images; '': the run's own (probe: the first run's, else cifar10)
 data_dir = ''        # '': the run's own data_dir
 split = 'test'       # landscape, tsne: test (true labels) | train (landscape: labels trained on)
 batch_size = 64      # images per forward pass
@@ -40,10 +43,15 @@ span = 1.0           # landscape: alpha = -1 is the start of training, alpha = 0
 batches = 2          # landscape: batches per loss value
 images = 500         # tsne, alignment: images used, a seeded sample balanced over classes
 top_k = 8            # alignment: leading eigenvectors compared
-seed = 0             # the random direction of landscape, t-SNE's initialization
+seed = 0             # landscape's direction, t-SNE, samples; probe: new weights, held-out split
+model = 'gpt2-medium'  # probe: the architecture of a `scratch` source (an OpenAI size or LxW)
+img_size = 0         # probe: the image side of sources without one; 0: the first run's, else 224
+patch_size = 0       # probe: their patch side; 0: the first run's, else 16
 
 CHOICES = dict(split=('test', 'train'), dataset=('', 'cifar10', 'cifar100', 'folder'))
 POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'images', 'top_k')
+L2 = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # probe: the L2 strengths tried, strongest first
+POOLS = {'last': ('-', 'last token'), 'mean': (':', 'mean over tokens')}  # probe: line, name
 
 
 def pyplot():
@@ -498,8 +506,173 @@ def alignment(sources, f):
     return result
 
 
+# ----------------------------------------------------------------------------- layer-wise probe
+def probe(sources, f):
+    """Which layers are a foundation for vision: every layer's features (the input of block 0, each
+    block, ln_f; the last token and the mean over tokens) of the train and test splits, extracted
+    once with the evaluation transform, then a multinomial logistic regression on each, its L2
+    strength chosen on a held-out tenth of the training split (DINOv2's log_regression)."""
+    plt = pyplot()
+    for src in sources:  # every source is known before any image is read
+        probe_source(src, f)
+    d, image = probe_data(sources, f)
+    chance = 1 / len(d['classes'])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    result = dict(dataset=f.dataset or d['name'], classes=len(d['classes']), chance=chance,
+                  sources={})
+    for i, src in enumerate(sources):
+        net, label = probe_net(src, image, f)
+        feats = {split: layer_features(net, d, split, f) for split in ('train', 'test')}
+        names = ['input'] + [f"block {k}" for k in range(net.config.n_layer)] + ['ln_f']
+        layers = result['sources'][src] = dict(label=label, layers=[])
+        for k, name in enumerate(names):
+            row = dict(layer=name, features=net.config.n_embd, train=len(d['train'][1]),
+                       test=len(d['test'][1]))
+            for pool in ('last', 'mean'):
+                acc, l2 = fit_probe(feats['train'][pool][k], d['train'][1],
+                                    feats['test'][pool][k], d['test'][1], len(d['classes']), f)
+                row[pool] = dict(test_acc=acc, l2=l2)
+            layers['layers'].append(row)
+            print(f"{label} | {name}: last token {row['last']['test_acc']:.2%} (l2 "
+                  f"{row['last']['l2']:g}), mean {row['mean']['test_acc']:.2%} (l2 "
+                  f"{row['mean']['l2']:g})")
+        for pool, (style, what) in POOLS.items():
+            ax.plot(range(len(names)), [100 * r[pool]['test_acc'] for r in layers['layers']],
+                    style, marker='.', color=f"C{i}", label=f"{label}, {what}")
+    ax.axhline(100 * chance, color='0.5', ls='--', lw=1, label=f"chance ({chance:.0%})")
+    ax.set(xlabel='layer: 0 = the input of block 0 (patches + wpe), L + 1 = after ln_f',
+           ylabel='test accuracy (%), linear probe', ylim=(0, 100),
+           title=f"linear probe of every layer, {result['dataset']}")
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    save(f, 'probe', fig, result)
+    return result
+
+
+def probe_data(sources, f):
+    """The one dataset every source is probed on: --dataset/--data_dir, else the first run's, else
+    CIFAR-10 -> (the dataset on the device, the image fields of a language model's new parts)."""
+    runs = [s for s in sources if is_run(s)]
+    first = {}
+    if runs:
+        path = runs[0] if runs[0].endswith(('.pt', '.pth')) else os.path.join(runs[0], 'ckpt.pt')
+        ckpt = read_checkpoint(path)
+        first = dict(ckpt['config'], **ckpt['model_config'])
+    name = f.dataset or first.get('dataset', 'cifar10')
+    data_dir = f.data_dir or first.get('data_dir', 'data')
+    img_size = f.img_size or first.get('img_size', 224)
+    patch_size = f.patch_size or first.get('patch_size', 16)
+    d = load_dataset(name, data_dir, img_size, f.device, cores())
+    image = dict(vocab_size=0, n_classes=len(d['classes']), img_size=img_size,
+                 patch_size=patch_size, dropout=0.0)
+    return dict(d, name=name), image
+
+
+def probe_net(src, image, f):
+    """A source -> (the network in eval mode on the device, its label). A run or its ckpt.pt as in
+    the other subcommands; a GPT-2 name, Hugging Face checkpoint or `scratch` (--model) as
+    bridge.py would start from it: a language model has no patch embedding, and gets bridge.py's
+    seeded initialization of one (checkpoint.init_model, --seed)."""
+    if is_run(src):
+        return load_run(src, f.device)[0], name_of(src)
+    net = init_model(src, f.seed, image, f.model)
+    what = f"GPT-2's random init of {f.model}" if src == 'scratch' else "its language weights"
+    print(f"{src}: {what}; no patch embedding, so bridge.py's seeded one (seed {f.seed}) at "
+          f"{image['img_size']}px in {image['patch_size']}px patches")
+    return net.to(f.device).eval(), f"{f.model} scratch" if src == 'scratch' else src
+
+
+def probe_source(src, f):
+    """A source that probe cannot use is a one-line error, named before any work."""
+    if src == 'scratch':
+        architecture(f.model)
+    elif not (is_run(src) or src in OFFICIAL or os.path.exists(src)):
+        raise UserError(f"probe: no source '{src}': use a ckpt.pt, a run directory, "
+                        f"{', '.join(OFFICIAL)}, a Hugging Face checkpoint or scratch (--model)")
+
+
+def is_run(src):
+    """A ckpt.pt of bridge.py, or a run directory that holds one."""
+    return src.endswith(('.pt', '.pth')) or os.path.isfile(os.path.join(src, 'ckpt.pt'))
+
+
+@torch.no_grad()
+def layer_features(net, d, split, f):
+    """A split through the network once (evaluation transform, bf16 on CUDA) -> {'last': [(N, C)
+    per layer], 'mean': [...]}, float32, on the device while they fit in a quarter of its memory."""
+    x, _ = d[split]
+    if not isinstance(x, torch.Tensor):
+        raise UserError("probe needs the images in memory: this dataset is too large")
+    layers = net.config.n_layer + 2
+    where = f.device if probe_fits(f.device, 2 * layers * len(x) * net.config.n_embd * 4) else 'cpu'
+    feats = {'last': [[] for _ in range(layers)], 'mean': [[] for _ in range(layers)]}
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16, enabled=f.device.type == 'cuda')
+    start = time.time()
+    for batch in x.split(f.batch_size):
+        with ctx:
+            states = net.hidden_states(augment(batch, 'eval', net.config.img_size, d['mean'],
+                                               d['std']))
+        for k, h in enumerate(states):  # (B, T, C) -> (B, C), pooled two ways
+            feats['last'][k].append(h[:, -1].float().to(where))
+            feats['mean'][k].append(h.float().mean(1).to(where))
+    print(f"{split}: {len(x)} images through {layers} layers at "
+          f"{len(x) / max(time.time() - start, 1e-9):.0f} images/s, features on {where}")
+    return {pool: [torch.cat(parts) for parts in per_layer] for pool, per_layer in feats.items()}
+
+
+def probe_fits(device, nbytes):
+    """Whether nbytes of features fit in a quarter of the device's free memory."""
+    if device.type == 'cuda':
+        return nbytes < torch.cuda.mem_get_info(device)[0] / 4
+    return device.type == 'cpu' or nbytes < 2 ** 30
+
+
+def fit_probe(x_train, y_train, x_test, y_test, n_classes, f):
+    """-> (test accuracy, the L2 strength): chosen on a seeded tenth of the training split held
+    out (warm-started from the strongest), then refit on all of it."""
+    y_train, y_test = y_train.to(x_train.device), y_test.to(x_train.device)
+    held = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(f.seed))
+    held = held[:max(1, len(y_train) // 10)].to(x_train.device)
+    fit = torch.ones(len(y_train), dtype=torch.bool, device=x_train.device)
+    fit[held] = False
+    best, w = (-1.0, None), None
+    for l2 in L2:
+        w = logistic_regression(x_train[fit], y_train[fit], n_classes, l2, w)
+        acc = accuracy(w, x_train[held], y_train[held])
+        best = max(best, (acc, l2))
+    w = logistic_regression(x_train, y_train, n_classes, best[1])
+    return accuracy(w, x_test, y_test), best[1]
+
+
+def logistic_regression(x, y, n_classes, l2, init=None, steps=100):
+    """A multinomial logistic regression on standardized x (x's own mean and std): argmin over
+    (W, b) of mean cross-entropy + l2 / 2 |W|^2 (b unpenalized; scikit-learn's C = 1 / (l2 N)),
+    by full-batch L-BFGS -> (W, b, mean, std)."""
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    W = torch.zeros(x.size(1), n_classes, device=x.device) if init is None else init[0].clone()
+    b = torch.zeros(n_classes, device=x.device) if init is None else init[1].clone()
+    W.requires_grad_(), b.requires_grad_()
+    opt = torch.optim.LBFGS([W, b], max_iter=steps, history_size=20, line_search_fn='strong_wolfe',
+                            tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ W + b, y) + 0.5 * l2 * W.square().sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    return W.detach(), b.detach(), mean, std
+
+
+def accuracy(w, x, y):
+    """The accuracy on (x, y) of a fit w of logistic_regression (standardized as it was)."""
+    W, b, mean, std = w
+    return ((((x - mean) / std) @ W + b).argmax(1) == y).float().mean().item()
+
+
 SUBCOMMANDS = dict(outliers=outliers, curves=curves, landscape=landscape, tsne=tsne,
-                   alignment=alignment)
+                   alignment=alignment, probe=probe)
 
 
 def main(argv):

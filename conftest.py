@@ -99,6 +99,19 @@ def bridged(folder, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='session')
+def digits(tmp_path_factory):
+    """scikit-learn's 1,797 handwritten 8x8 digits as an image folder (a fifth of them val), as in
+    the README: 10 classes that a colour alone does not tell apart."""
+    from sklearn.datasets import load_digits
+    root, d = tmp_path_factory.mktemp('digits'), load_digits()
+    for i, (img, label) in enumerate(zip(d.images, d.target)):
+        split = 'val' if i % 5 == 0 else 'train'
+        os.makedirs(root / split / str(label), exist_ok=True)
+        Image.fromarray((img * 255 / 16).astype('uint8')).convert('RGB').save(root / split / str(label) / f'{i}.png')
+    return str(root)
+
+
 def write_patterns(root, kind, n=48, seed=0):
     """kind 'smooth': low-frequency grey images (strongly correlated patches: an anisotropic
     Sigma_x); 'noise': independent uniform pixels (Sigma_x ~ identity). Four arbitrary classes."""

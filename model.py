@@ -166,6 +166,16 @@ class GPT(nn.Module):
         """(B, 3, H, W) -> (B, n_classes) logits."""
         return self.head(self.features(images))
 
+    def hidden_states(self, images):
+        """(B, 3, H, W) -> every layer's (B, T, C) tokens, for probes: the input of block 0
+        (patches + wpe), the output of each block, and after ln_f (what features pools)."""
+        x = self.patch_tokens(images)
+        x = self.transformer.drop(x + self.transformer.wpe.weight[:x.size(1)])
+        states = [x]
+        for block in self.transformer.h:
+            states.append(block(states[-1]))
+        return states + [self.transformer.ln_f(states[-1])]
+
     def lm_logits(self, idx):
         """(B, T) token ids -> (B, T, vocab) next-token logits; GPT-2's output layer is wte."""
         return F.linear(self.body(self.transformer.wte(idx)), self.transformer.wte.weight)

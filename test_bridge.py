@@ -1235,6 +1235,45 @@ def test_alignment_rises_under_random_labels_on_anisotropic_images_only(tmp_path
     assert n1['alignment'] < n0['alignment']                   # isotropic inputs: no rise
 
 
+def test_probe_fit_agrees_with_scikit_learn():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    x, y = (torch.tensor(v) for v in load_digits(return_X_y=True))
+    x, train = x.float(), torch.arange(len(y)) % 5 != 0  # a real small dataset: 64 pixels, 10 classes
+    for l2 in (1e-1, 1e-3):
+        w = analysis.logistic_regression(x[train], y[train], 10, l2)
+        z = [((v - w[2]) / w[3]).numpy() for v in (x[train], x[~train])]  # standardized as ours was
+        ref = LogisticRegression(C=1 / (l2 * int(train.sum())), max_iter=20000, tol=1e-8).fit(z[0], y[train].numpy())
+        assert abs(analysis.accuracy(w, x[~train], y[~train]) - ref.score(z[1], y[~train].numpy())) <= 0.01
+        torch.testing.assert_close(w[0].T, torch.tensor(ref.coef_).float(), atol=2e-2, rtol=2e-2)  # the same W
+
+
+def test_probe_features_after_ln_f_at_the_last_token_are_the_models_features():
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=64, vocab_size=0, n_classes=4, img_size=16, patch_size=4)).eval()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        states = net.hidden_states(x)
+        assert len(states) == 3 + 2 and all(s.shape == (5, 16, 64) for s in states)
+        assert torch.equal(states[-1][:, -1], net.features(x))
+
+
+def test_probe_a_network_trained_on_true_labels_probes_far_above_a_random_one(digits, tmp_path):
+    bridge.main(['--stage', 'finetune', '--init_from', 'scratch', '--model', '2x64', '--dataset', 'folder',
+                 '--data_dir', digits, '--img_size', '16', '--patch_size', '4', '--aug', 'none', '--max_iters', '300',
+                 '--lr', '3e-3', '--batch_size', '64', '--dropout', '0', '--warmup_epochs', '0', '--device', 'cpu',
+                 '--num_workers', '0', '--out_dir', str(tmp_path / 'real'), '--eval_interval', '300'])
+    r = analysis.main(['probe', str(tmp_path / 'real' / 'ckpt.pt'), str(tmp_path / 'real'), 'scratch', '--model', '2x64',
+                       '--out', str(tmp_path / 'p'), '--device', 'cpu'])
+    assert_png_and_json(tmp_path / 'p')
+    trained, start, scratch = (r['sources'][s]['layers'] for s in r['sources'])
+    assert [row['layer'] for row in trained] == ['input', 'block 0', 'block 1', 'ln_f']
+    assert trained[-1]['last']['test_acc'] > scratch[-1]['last']['test_acc'] + 0.2  # the head's own features
+    assert start == scratch  # a run's step 0 is the scratch network of its seed, rebuilt exactly
+    assert trained[0]['features'] == 64 and trained[0]['train'] == 1437 and trained[0]['test'] == 360
+    assert r['chance'] == 0.1 and all(row['last']['l2'] in analysis.L2 for row in trained)
+
+
 def test_analysis_needs_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if it were not installed
     with pytest.raises(UserError, match='pip install matplotlib scikit-learn'):
@@ -1470,6 +1509,9 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('analysis', ['outliers', '/no/model'], r"no model '/no/model'"),
     ('analysis', ['landscape', 'a', 'b', 'c'], r'landscape takes'),
     ('analysis', ['alignment', '/no/ckpt.pt'], r"'/no/ckpt.pt' is neither a ckpt.pt"),
+    ('analysis', ['probe', 'gpt2', '/no/such'], r"probe: no source '/no/such': use a ckpt.pt, a run directory"),
+    ('analysis', ['probe', 'scratch', '--model', '3x200'], r"--model '3x200': use gpt2"),
+    ('analysis', ['probe', 'scratch', '--img_size', 'big'], r"--img_size 'big': expected an integer"),
     ('analysis', ['curves', 'x', '--grid', 'big'], r"--grid 'big': expected an integer"),
     ('analysis', ['curves', '{tmp}'], r'no metrics at .*metrics.jsonl'),
     ('analysis', ['curves', '{tmp}/empty.jsonl'], r'empty.jsonl holds no evaluations yet'),
