@@ -108,7 +108,8 @@ def digits(tmp_path_factory):
     for i, (img, label) in enumerate(zip(d.images, d.target)):
         split = 'val' if i % 5 == 0 else 'train'
         os.makedirs(root / split / str(label), exist_ok=True)
-        Image.fromarray((img * 255 / 16).astype('uint8')).convert('RGB').save(root / split / str(label) / f'{i}.png')
+        pixels = Image.fromarray((img * 255 / 16).astype('uint8')).convert('RGB')
+        pixels.save(root / split / str(label) / f'{i}.png')
     return str(root)
 
 

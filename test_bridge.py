@@ -1263,8 +1263,8 @@ def test_probe_a_network_trained_on_true_labels_probes_far_above_a_random_one(di
                  '--data_dir', digits, '--img_size', '16', '--patch_size', '4', '--aug', 'none', '--max_iters', '300',
                  '--lr', '3e-3', '--batch_size', '64', '--dropout', '0', '--warmup_epochs', '0', '--device', 'cpu',
                  '--num_workers', '0', '--out_dir', str(tmp_path / 'real'), '--eval_interval', '300'])
-    r = analysis.main(['probe', str(tmp_path / 'real' / 'ckpt.pt'), str(tmp_path / 'real'), 'scratch', '--model', '2x64',
-                       '--out', str(tmp_path / 'p'), '--device', 'cpu'])
+    r = analysis.main(['probe', str(tmp_path / 'real' / 'ckpt.pt'), str(tmp_path / 'real'), 'scratch', '--model',
+                       '2x64', '--out', str(tmp_path / 'p'), '--device', 'cpu'])
     assert_png_and_json(tmp_path / 'p')
     trained, start, scratch = (r['sources'][s]['layers'] for s in r['sources'])
     assert [row['layer'] for row in trained] == ['input', 'block 0', 'block 1', 'ln_f']
