@@ -20,14 +20,13 @@ import math
 import os
 import re
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from configurator import UserError, cores, parse, pick_device, run_cli, to_json
 from data import augment, load_dataset
-from checkpoint import init_model, read_checkpoint, weights_hash
+from checkpoint import init_model, load_run, read_checkpoint
 from model import GPT, IGNORED, OFFICIAL, architecture, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
@@ -99,41 +98,6 @@ def name_of(src):
     if not c or not (os.path.isdir(src) or src.endswith(('.pt', '.pth'))):
         return os.path.basename(src) or src
     return f"{run_label(run_dir, c)} ({'start' if os.path.isdir(src) else 'trained'})"
-
-
-def load_run(src, device):
-    """A ckpt.pt -> (its model, its run config, the checkpoint); a run directory -> (the model that
-    run started from, its config, its checkpoint). The model is in eval mode on device."""
-    if os.path.isdir(src):
-        net, ckpt = start_of(src)
-    else:
-        if not os.path.isfile(src):
-            raise UserError(f"'{src}' is neither a ckpt.pt of bridge.py nor a run directory")
-        if src.endswith(('.jsonl', '.json')):
-            raise UserError(f"{src} is a run's {os.path.basename(src)}, not its weights: give its "
-                            f"ckpt.pt, or its run directory for the weights it started from")
-        ckpt = read_checkpoint(src)
-        net = init_model(src, ckpt['config']['seed'], {}, source=ckpt, new_head=False)
-        print(f"{src}: step {ckpt['iter']} of a {ckpt['config']['stage']} run")
-    return net.to(device).eval(), SimpleNamespace(**ckpt['config']), ckpt
-
-
-def start_of(run_dir):
-    """The weights a run started from, rebuilt as bridge.py built them (checkpoint.init_model) and
-    checked against the fingerprint in the run's checkpoint -> (model, that checkpoint)."""
-    path = os.path.join(run_dir, 'ckpt.pt')
-    if not os.path.isfile(path):
-        raise UserError(f"{run_dir} is not a bridge.py run directory: it has no ckpt.pt")
-    ckpt = read_checkpoint(path)
-    c, mc, start = ckpt['config'], ckpt['model_config'], ckpt['start']
-    image = {k: mc[k] for k in ('vocab_size', 'n_classes', 'img_size', 'patch_size', 'dropout')}
-    source = read_checkpoint(c['init_from']) if c['init_from'].endswith(('.pt', '.pth')) else None
-    net = init_model(c['init_from'], c['seed'], image, c['model'], source, start['new_head'])
-    if weights_hash(net) != start['weights']:
-        raise UserError(f"cannot rebuild the weights {run_dir} started from: {c['init_from']} has "
-                        f"changed since (resumed or replaced); give a copy of it as it was instead")
-    print(f"{run_dir}: the run's weights at step 0, rebuilt from {c['init_from']} and checked")
-    return net, ckpt
 
 
 def run_images(c, f, device):

@@ -8,6 +8,9 @@ against it, and how it is written. bridge.py calls it in a few named places:
   it, history = resume_state(c, opt, scaler, ckpt)  # the optimizer and step of a resume
   save(c, env, metrics, history, state)   # ckpt.pt, metrics.jsonl, config.json, each atomically
 
+analysis.py and export.py read runs with load_run: a ckpt.pt, or a run directory for the weights
+that run started from (rebuilt, and checked against their fingerprint).
+
 ckpt.pt holds everything a resume needs: the weights, optimizer and GradScaler, the run's flags and
 step, the labels trained on, the metrics so far, and fingerprints of the data and of the weights the
 run started from (init_model rebuilds those bit for bit, so analysis.py can check a rebuild).
@@ -25,7 +28,8 @@ from types import SimpleNamespace
 import torch
 
 from configurator import UserError, ranks, to_json
-from model import GPT, OFFICIAL, GPTConfig, architecture, check_keys, read_weights
+from model import (GPT, OFFICIAL, GPTConfig, architecture, check_keys, exported_image,
+                   read_weights)
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
 RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
@@ -51,7 +55,9 @@ def open_run(c, given):
         c = resumed(c, given, ckpt)
     elif c.init_from.endswith(('.pt', '.pth')):
         ckpt = read_checkpoint(c.init_from)
-        handed_on(c, given, ckpt)
+        handed_on(c, given, ckpt['model_config'], ckpt['config'])
+    elif exported_classes(c.init_from) is not None:  # a network export.py wrote
+        handed_on(c, given, exported_image(c.init_from)[0])
     elif c.init_from not in (*OFFICIAL, 'scratch') and not os.path.exists(c.init_from):
         raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
                         f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
@@ -217,18 +223,19 @@ def resumed(c, given, ckpt):
     return SimpleNamespace(**{**run, **given_again, 'out_dir': c.out_dir})
 
 
-def handed_on(c, given, ckpt):
-    """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint (a flag may only
-    repeat them); --stage eval also takes the run's dataset, unless one is given."""
+def handed_on(c, given, sizes, config=None):
+    """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint or export (a
+    flag may only repeat them); --stage eval also takes the run's dataset (config), unless one is
+    given."""
     for k in ('img_size', 'patch_size'):
-        have = ckpt['model_config'][k]
+        have = sizes[k]
         if k in given and getattr(c, k) != have:
             raise UserError(f"--{k} {getattr(c, k)}: {c.init_from} was trained with {k} {have}, "
                             f"part of its network; leave the flag out")
         setattr(c, k, have)
     for k in ('dataset', 'data_dir'):
-        if c.stage == 'eval' and k not in given:
-            setattr(c, k, ckpt['config'][k])
+        if c.stage == 'eval' and config and k not in given:
+            setattr(c, k, config[k])
 
 
 def threads_of_run(ran, now):
@@ -263,14 +270,14 @@ def start_model(c, ckpt, resuming, classes):
         return net, ckpt['start']
     image = dict(vocab_size=0, n_classes=len(classes), img_size=c.img_size,
                  patch_size=c.patch_size, dropout=c.dropout)
-    new_head = ckpt is None or c.reinit_head or ckpt['data']['classes'] != classes
-    new_head = new_head and c.stage != 'eval'
+    trained_on = ckpt['data']['classes'] if ckpt else exported_classes(c.init_from)
+    new_head = (c.reinit_head or trained_on != classes) and c.stage != 'eval'
     net = init_model(c.init_from, c.seed, image, c.model, ckpt, new_head)
     mc = net.config
     shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} heads"
     if c.init_from == 'scratch':
         print(f"scratch: GPT-2 {shape} ({c.model}), GPT-2's random init")
-    elif c.stage == 'finetune' and ckpt is None:
+    elif c.stage == 'finetune' and trained_on is None:
         print(f"finetune: from {c.init_from}'s language weights, without a bridge stage (to "
               f"fine-tune a bridged network, give --init_from out/bridge/ckpt.pt)")
     elif ckpt:
@@ -291,7 +298,7 @@ def init_model(init_from, seed, image, model=None, source=None, new_head=True):
     if init_from == 'scratch':
         return GPT(GPTConfig(**architecture(model), **image))
     if source is None:
-        return GPT.from_pretrained(init_from, **image)
+        return GPT.from_pretrained(init_from, keep_head=not new_head, **image)
     net = GPT(GPTConfig(**{**source['model_config'], **image}))
     state = {k: v for k, v in source['model'].items() if not (new_head and k.startswith('head.'))}
     try:
@@ -303,6 +310,16 @@ def init_model(init_from, seed, image, model=None, source=None, new_head=True):
     return net
 
 
+def exported_classes(path):
+    """The class names of an export of export.py (its image_config.json); None for any other
+    source."""
+    config = os.path.join(path, 'image_config.json')
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        return json.load(f).get('classes')
+
+
 def weights_hash(net):
     """A fingerprint of every tensor's bytes: the same weights, bit for bit, or not."""
     h = hashlib.sha256()
@@ -310,6 +327,41 @@ def weights_hash(net):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy())
     return h.hexdigest()[:16]
+
+
+def load_run(src, device):
+    """A ckpt.pt -> (its model, its run config, the checkpoint); a run directory -> (the model that
+    run started from, its config, its checkpoint). The model is in eval mode on device."""
+    if os.path.isdir(src):
+        net, ckpt = start_of(src)
+    else:
+        if not os.path.isfile(src):
+            raise UserError(f"'{src}' is neither a ckpt.pt of bridge.py nor a run directory")
+        if src.endswith(('.jsonl', '.json')):
+            raise UserError(f"{src} is a run's {os.path.basename(src)}, not its weights: give its "
+                            f"ckpt.pt, or its run directory for the weights it started from")
+        ckpt = read_checkpoint(src)
+        net = init_model(src, ckpt['config']['seed'], {}, source=ckpt, new_head=False)
+        print(f"{src}: step {ckpt['iter']} of a {ckpt['config']['stage']} run")
+    return net.to(device).eval(), SimpleNamespace(**ckpt['config']), ckpt
+
+
+def start_of(run_dir):
+    """The weights a run started from, rebuilt as bridge.py built them (init_model) and
+    checked against the fingerprint in the run's checkpoint -> (model, that checkpoint)."""
+    path = os.path.join(run_dir, 'ckpt.pt')
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir} is not a bridge.py run directory: it has no ckpt.pt")
+    ckpt = read_checkpoint(path)
+    c, mc, start = ckpt['config'], ckpt['model_config'], ckpt['start']
+    image = {k: mc[k] for k in ('vocab_size', 'n_classes', 'img_size', 'patch_size', 'dropout')}
+    source = read_checkpoint(c['init_from']) if c['init_from'].endswith(('.pt', '.pth')) else None
+    net = init_model(c['init_from'], c['seed'], image, c['model'], source, start['new_head'])
+    if weights_hash(net) != start['weights']:
+        raise UserError(f"cannot rebuild the weights {run_dir} started from: {c['init_from']} has "
+                        f"changed since (resumed or replaced); give a copy of it as it was instead")
+    print(f"{run_dir}: the run's weights at step 0, rebuilt from {c['init_from']} and checked")
+    return net, ckpt
 
 
 # ----------------------------------------------------------------- writing a run's folder

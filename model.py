@@ -197,15 +197,22 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- loading OpenAI's weights
     @classmethod
-    def from_pretrained(cls, source, **overrides):
+    def from_pretrained(cls, source, keep_head=True, **overrides):
         """GPT-2 with OpenAI's weights. source: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
         (downloaded once), a directory in HF layout (config.json + model.safetensors or
         pytorch_model.bin), or one .safetensors/.bin file of an official width (the shapes give
-        the rest). overrides: GPTConfig fields the checkpoint lacks (n_classes, vocab_size=0...)."""
+        the rest). An export of export.py also brings its patch embedding and head (kept if
+        keep_head and the class count is the same). overrides: GPTConfig fields the checkpoint
+        lacks (n_classes, vocab_size=0...)."""
         path, hf = locate(source)
         sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items()
               if not IGNORED.search(k)}
-        config = GPTConfig(**{**shape_of(sd, hf, path), **overrides})
+        fields, image = exported_image(source)
+        for k in ('img_size', 'patch_size'):  # part of an exported network: never changed
+            if fields and overrides.get(k, fields[k]) != fields[k]:
+                raise UserError(f"{source} was trained with {k} {fields[k]}, part of its network, "
+                                f"not {overrides[k]}")
+        config = GPTConfig(**{**shape_of(sd, hf, path), **fields, **overrides})
         if config.n_embd % config.n_head:
             raise UserError(f"{source}: n_embd {config.n_embd} is not a multiple of n_head "
                             f"{config.n_head}")
@@ -219,11 +226,22 @@ class GPT(nn.Module):
         except RuntimeError as e:  # 'size mismatch for KEY: ...', a line per tensor
             raise UserError(f"{where}: {str(e).splitlines()[1].strip()}") from None
         check_keys(where, missing, unexpected)
+        parts = model.load_image_parts(image, keep_head)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads "
               f"from {path}: {len(sd)} tensors{' (no wte: image model)' * (not config.vocab_size)}"
-              f"; {n_params / 1e6:.2f}M parameters")
+              f"{parts}; {n_params / 1e6:.2f}M parameters")
         return model
+
+    def load_image_parts(self, image, keep_head):
+        """The patch embedding and head of an export, into this model -> what was loaded, said."""
+        if not image:
+            return ''
+        self.patch.load_state_dict({k[6:]: v for k, v in image.items() if k.startswith('patch.')})
+        if keep_head and image['head.weight'].shape == self.head.weight.shape:
+            self.head.load_state_dict({k[5:]: v for k, v in image.items() if k.startswith('head.')})
+            return '; its patch embedding and head from image.safetensors'
+        return '; its patch embedding from image.safetensors, a new head'
 
     # ---------------------------------------------------------------- optimizer, speed accounting
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -371,6 +389,21 @@ def shape_of(sd, hf, path):
         raise UserError(f"{path}: width {n_embd} is not an official GPT-2 size "
                         f"({sorted(HEADS_BY_WIDTH)}); pass a directory with config.json for others")
     return dict(shape, n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
+
+
+def exported_image(source):
+    """The image parts of an export of export.py (image_config.json, image.safetensors) ->
+    (GPTConfig fields, tensors); ({}, {}) for any other source."""
+    config = os.path.join(source, 'image_config.json') if os.path.isdir(source) else ''
+    if not os.path.isfile(config):
+        return {}, {}
+    try:
+        with open(config) as f:
+            image = json.load(f)
+        fields = {k: int(image[k]) for k in ('n_classes', 'img_size', 'patch_size')}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{config} is not an image_config.json of export.py ({e})") from None
+    return dict(fields, vocab_size=0), read_weights(os.path.join(source, 'image.safetensors'))
 
 
 def download(name):

@@ -21,7 +21,9 @@ from PIL import Image
 import analysis
 import bench
 import bridge
+import checkpoint
 import configurator
+import export
 import data
 import model
 import sample
@@ -1094,6 +1096,67 @@ def test_silent_decisions_are_said(folder, hf_dir, tmp_path, capsys):
         'resume')
     assert re.search(r'the schedule now ends at step 20: the learning rate goes from the run.s [0-9.]+e-06 \(step '
                      r'10\) to [0-9.]+e-04', capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------- export.py: out as a transformers GPT-2
+def test_an_export_loads_in_transformers_and_gives_our_features(bridged, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import GPT2Model
+    out = tmp_path / 'hf'
+    export.main([str(bridged / 'bridge' / 'ckpt.pt'), str(out)])
+    assert sorted(os.listdir(out)) == sorted(export.FILES)
+    hf, info = GPT2Model.from_pretrained(str(out), output_loading_info=True)
+    assert not any(info[k] for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys')), info
+    ours = analysis.load_run(str(bridged / 'bridge' / 'ckpt.pt'), 'cpu')[0]
+    parts, cfg = load_file(out / 'image.safetensors'), json.load(open(out / 'image_config.json'))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        tokens = torch.nn.functional.conv2d(x, parts['patch.weight'], parts['patch.bias'], stride=cfg['patch_size'])
+        theirs = hf.eval()(inputs_embeds=tokens.flatten(2).transpose(1, 2)).last_hidden_state[:, -1]
+        torch.testing.assert_close(theirs, ours.features(x), atol=1e-5, rtol=0)
+    assert cfg['classes'] == ['class0', 'class1', 'class2', 'class3'] and cfg['stage'] == 'bridge (100% random labels)'
+    card = (out / 'README.md').read_text()
+    assert 'no token embedding' in card and "GPT2Model.from_pretrained('" + str(out) in card
+    code = {}
+    exec(re.search(r'```python\n(.*?)```', card, re.S)[1], code)  # the card's own lines rebuild the classifier
+    with torch.no_grad():
+        images = torch.rand(3, 3, 16, 16)
+        torch.testing.assert_close(code['classify'](images), ours((images - code['mean']) / code['std']), atol=1e-5,
+                                   rtol=0)
+
+
+def test_an_export_comes_back_bit_for_bit_and_a_run_directory_exports_its_start(bridged, tmp_path, folder, capsys):
+    run_dir = bridged / 'bridge'
+    export.main([str(run_dir / 'ckpt.pt'), str(tmp_path / 'end')])
+    back = GPT.from_pretrained(str(tmp_path / 'end'))
+    end = analysis.load_run(str(run_dir / 'ckpt.pt'), 'cpu')[0]
+    assert back.state_dict().keys() == end.state_dict().keys()
+    assert all(torch.equal(v, end.state_dict()[k]) for k, v in back.state_dict().items())  # the round trip is exact
+    assert 'its patch embedding and head from image.safetensors' in capsys.readouterr().out
+    export.main([str(run_dir), str(tmp_path / 'start')])
+    start = GPT.from_pretrained(str(tmp_path / 'start'))
+    ckpt = torch.load(run_dir / 'ckpt.pt', weights_only=True)
+    assert checkpoint.weights_hash(start) == ckpt['start']['weights']  # step 0: the model it started from
+    assert json.load(open(tmp_path / 'start' / 'image_config.json'))['step'] == 0
+    # bridge.py starts from an export as from a checkpoint: its sizes, and its head for the same classes
+    bridge.main(['--stage', 'finetune', '--init_from', str(tmp_path / 'end'), '--dataset', 'folder', '--data_dir',
+                 folder, '--out_dir', str(tmp_path / 'ft'), '--max_iters', '2', '--batch_size', '16', '--device', 'cpu',
+                 '--num_workers', '0'])
+    ft = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert ft['start'] == dict(weights=checkpoint.weights_hash(back), new_head=False)
+    assert ft['config']['img_size'] == 16 and ft['config']['patch_size'] == 4
+    with pytest.raises(UserError, match=r'--patch_size 8: .*end was trained with patch_size 4, part of its network'):
+        bridge.main(['--init_from', str(tmp_path / 'end'), '--patch_size', '8', '--out_dir', str(tmp_path / 'x')])
+
+
+def test_export_refuses_a_folder_that_holds_files(bridged, tmp_path):
+    (tmp_path / 'busy').mkdir()
+    (tmp_path / 'busy' / 'notes.txt').write_text('mine')
+    with pytest.raises(UserError, match=r'busy exists and holds files: export.py writes only into a new or empty'):
+        export.main([str(bridged / 'bridge' / 'ckpt.pt'), str(tmp_path / 'busy')])
+    assert os.listdir(tmp_path / 'busy') == ['notes.txt']
+    r = cli('export.py', str(bridged / 'bridge' / 'ckpt.pt'))
+    assert r.returncode == 1 and r.stderr.startswith('error: usage: python export.py'), r.stderr
 
 
 # ---------------------------------------------------------------- analysis.py: the paper's figures

@@ -1,0 +1,125 @@
+"""
+A bridged backbone, out as a transformers GPT-2: what the ecosystem loads (LLaVA-style towers,
+probes, heads of your own), with the image parts beside it and a model card.
+
+  python export.py out/bridge/ckpt.pt out/bridge_hf    # a checkpoint's weights
+  python export.py out/bridge out/bridge_start_hf      # a run directory: its step 0
+
+It writes config.json and model.safetensors (transformers' GPT2Model, OpenAI's layout: the four
+Conv1D weights stored [in, out]), image.safetensors (the patch embedding and the classifier head),
+image_config.json (image and patch size, classes, normalization) and README.md. The image model
+has no token embedding: it never reads tokens, its input is patch tokens (inputs_embeds). GPT2Model
+needs a wte all the same, so wte is a 1 x n_embd row of zeros, a placeholder that nothing reads.
+`GPT.from_pretrained(DIR)` and `bridge.py --init_from DIR` load the export back, bit for bit.
+"""
+import os
+
+import torch
+
+from checkpoint import load_run
+from configurator import UserError, run_cli, to_json
+from data import NORMALIZE
+from model import CONV1D
+
+FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.json',
+         'README.md')
+
+
+def main(argv):
+    if '-h' in argv or '--help' in argv:
+        return print(__doc__.strip())
+    if len(argv) != 2 or argv[0].startswith('-'):
+        raise UserError("usage: python export.py CKPT_OR_RUN_DIR OUT_DIR (see --help)")
+    src, out = argv
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"{out} exists and holds files: export.py writes only into a new or "
+                        f"empty folder")
+    net, c, ckpt = load_run(src, 'cpu')
+    start = os.path.isdir(src)  # a run directory stands for its step 0
+    export(net, c, ckpt, src, out, start)
+    print(f"wrote {', '.join(FILES)} to {out}: GPT2Model.from_pretrained('{out}') loads it")
+    return out
+
+
+def export(net, c, ckpt, src, out, start):
+    """The files of an export, from a network of model.py and the run it came from."""
+    from safetensors.torch import save_file
+    mc, sd = net.config, net.state_dict()
+    gpt2 = {k.removeprefix('transformer.'): v.t() if k.endswith(CONV1D) else v
+            for k, v in sd.items() if k.startswith('transformer.')}
+    gpt2['wte.weight'] = torch.zeros(1, mc.n_embd)  # the placeholder: an image model reads no token
+    image = {k: v for k, v in sd.items() if k.startswith(('patch.', 'head.'))}
+    os.makedirs(out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in gpt2.items()}, os.path.join(out, 'model.safetensors'),
+              metadata={'format': 'pt'})
+    save_file({k: v.contiguous() for k, v in image.items()}, os.path.join(out, 'image.safetensors'))
+    hf = dict(model_type='gpt2', architectures=['GPT2Model'], n_layer=mc.n_layer,
+              n_head=mc.n_head, n_embd=mc.n_embd, n_positions=mc.block_size, vocab_size=1,
+              activation_function='gelu_new', resid_pdrop=mc.dropout, embd_pdrop=mc.dropout,
+              attn_pdrop=mc.dropout, layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0)
+    mean, std = NORMALIZE['cifar' if c.dataset.startswith('cifar') else 'folder']
+    described = describe(c, ckpt, src, start)
+    image_config = dict(img_size=mc.img_size, patch_size=mc.patch_size, n_classes=mc.n_classes,
+                        classes=ckpt['data']['classes'], mean=mean, std=std, pooling='last token',
+                        attention='causal', **described)
+    for name, content in (('config.json', hf), ('image_config.json', image_config)):
+        with open(os.path.join(out, name), 'w') as f:
+            f.write(to_json(content, indent=1) + '\n')
+    with open(os.path.join(out, 'README.md'), 'w') as f:
+        f.write(model_card(out, image_config, mc))
+
+
+def describe(c, ckpt, src, start):
+    """What the exported weights are: the run's stage, source, frozen blocks, data, step and
+    test accuracy."""
+    labels = 'true labels'
+    if c.stage == 'bridge':
+        labels = f"{c.random_label_fraction:.0%} random labels"
+    last = ckpt['history'][-1] if ckpt['history'] and not start else {}
+    return dict(exported_from=src, stage=f"{c.stage} ({labels})", init_from=c.init_from,
+                frozen=c.freeze, dataset=f"{c.dataset} ({c.data_dir})",
+                step=0 if start else ckpt['iter'], test_acc=last.get('test_acc'))
+
+
+def model_card(out, image, mc):
+    """README.md: what the export is, and the transformers code that rebuilds the classifier."""
+    rows = '\n'.join(f"| {k.replace('_', ' ')} | {image[k]} |" for k in (
+        'exported_from', 'stage', 'init_from', 'frozen', 'dataset', 'step', 'test_acc'))
+    return f"""# A bridged GPT-2 image backbone ({mc.n_layer} layers x {mc.n_embd})
+
+Exported by `export.py` of the reference implementation of Luo & Shen, *Language-Pretraining-Induced
+Bias: A Strong Foundation for General Vision Tasks* (TMLR 2026).
+
+| | |
+|---|---|
+{rows}
+| images | {image['img_size']}px in {image['patch_size']}px patches, {image['n_classes']} classes |
+
+- `config.json`, `model.safetensors`: transformers' `GPT2Model` in OpenAI's layout.
+  `wte` is a 1 x {mc.n_embd} row of zeros, a placeholder: this image model has no token embedding
+  (it reads patch tokens through `inputs_embeds`, never token ids), but `GPT2Model` has a `wte`.
+- `image.safetensors`: the patch embedding (`patch.weight`, `patch.bias`: a Conv2d with kernel =
+  stride = patch) and the classifier (`head.weight`, `head.bias`).
+- `image_config.json`: image and patch size, the class names, the normalization, the pooling.
+
+```python
+import json, torch
+from safetensors.torch import load_file
+from transformers import GPT2Model
+
+gpt2 = GPT2Model.from_pretrained('{out}').eval()
+parts, cfg = load_file('{out}/image.safetensors'), json.load(open('{out}/image_config.json'))
+mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg['mean'], cfg['std']))
+
+def classify(images):  # (B, 3, img_size, img_size), RGB in [0, 1]
+    x = torch.nn.functional.conv2d((images - mean) / std, parts['patch.weight'],
+                                   parts['patch.bias'], stride=cfg['patch_size'])
+    tokens = x.flatten(2).transpose(1, 2)                        # (B, T, C): patches, row-major
+    features = gpt2(inputs_embeds=tokens).last_hidden_state[:, -1]  # sees every patch
+    return features @ parts['head.weight'].T + parts['head.bias']  # (B, n_classes) logits
+```
+"""
+
+
+if __name__ == '__main__':
+    run_cli(main)
