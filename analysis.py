@@ -47,7 +47,8 @@ model = 'gpt2-medium'  # probe: the architecture of a `scratch` source (an OpenA
 img_size = 0         # probe: the image side of sources without one; 0: the first run's, else 224
 patch_size = 0       # probe: their patch side; 0: the first run's, else 16
 
-CHOICES = dict(split=('test', 'train'), dataset=('', 'cifar10', 'cifar100', 'folder'))
+CHOICES = dict(split=('test', 'train'),
+               dataset=('', 'cifar10', 'cifar100', 'tinyimagenet', 'folder'))
 POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'images', 'top_k')
 L2 = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # probe: the L2 strengths tried, strongest first
 POOLS = {'last': ('-', 'last token'), 'mean': (':', 'mean over tokens')}  # probe: line, name

@@ -28,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import (Stopped, UserError, autocast_dtype, cores, parse, peak_flops,
                           pick_device, ranks, run_cli, set_threads, to_json)
-from data import (CIFAR, augment, cifar, eval_batches, load_dataset, random_labels,
-                  steps_per_epoch, train_batches)
+from data import (CIFAR, augment, cifar, eval_batches, fetch_tiny_imagenet, load_dataset,
+                  random_labels, steps_per_epoch, train_batches)
 import checkpoint
 from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
 
@@ -39,7 +39,7 @@ init_from = 'gpt2-medium'      # gpt2[-medium|-large|-xl] | scratch | resume | c
 model = 'gpt2-medium'          # --init_from scratch: an OpenAI size, or LAYERSxWIDTH such as 4x128
 freeze = 'none'                # kept at their loaded values: 0-5 = the first five blocks
 reinit_head = False            # a new classifier on a ckpt.pt (always when its classes differ)
-dataset = 'cifar10'            # cifar10 | cifar100 | folder (DATA_DIR/{train,val}/<class>/<image>)
+dataset = 'cifar10'            # cifar10 | cifar100 | tinyimagenet | folder (DATA_DIR/train, val)
 data_dir = 'data'              # datasets live here; CIFAR is downloaded into it once
 img_size = 224                 # images are resized to this square (the paper: 224, CIFAR upsampled)
 patch_size = 16                # patch side in pixels: (224 / 16)^2 = 196 tokens
@@ -67,7 +67,8 @@ log_interval = 20              # steps between progress lines (the loop's only h
 num_workers = cores()          # processes decoding image folders: this process's share of cores
 wandb = False                  # also log to Weights & Biases (project $WANDB_PROJECT, else bridge)
 
-CHOICES = dict(stage=('bridge', 'finetune', 'eval'), dataset=('cifar10', 'cifar100', 'folder'),
+CHOICES = dict(stage=('bridge', 'finetune', 'eval'),
+               dataset=('cifar10', 'cifar100', 'tinyimagenet', 'folder'),
                aug=('rrc', 'crop', 'none'), random_label_mode=('uniform', 'wrong'),
                dtype=('auto', 'bfloat16', 'float16', 'float32'), compile=('auto', 'True', 'False'))
 COMPILING = []  # the start times of the torch.compile calls under way
@@ -464,7 +465,8 @@ def fetch(c):
     work; everything that cannot be had offline is named in one line, not one at a time."""
     failed = []
     for needed, get in ((c.init_from in OFFICIAL, lambda: download(c.init_from)),
-                        (c.dataset in CIFAR, lambda: cifar(c.dataset, c.data_dir, train=False))):
+                        (c.dataset in CIFAR, lambda: cifar(c.dataset, c.data_dir, train=False)),
+                        (c.dataset == 'tinyimagenet', lambda: fetch_tiny_imagenet(c.data_dir))):
         try:
             if needed:
                 get()

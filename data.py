@@ -18,6 +18,7 @@ import re
 import stat
 import time
 import urllib.error
+import zipfile
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from configurator import UserError
 NORMALIZE = {'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
              'folder': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 CIFAR = {'cifar10': torchvision.datasets.CIFAR10, 'cifar100': torchvision.datasets.CIFAR100}
+TINY_IMAGENET = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'  # its official address
 LAYOUT = "DATA_DIR/train/<class>/<image>, DATA_DIR/val/<class>/<image> (the same classes in both)"
 
 
@@ -49,16 +51,22 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
         xtr, ytr, classes, htr = cifar(name, data_dir, train=True)
         xte, yte, _, hte = cifar(name, data_dir, train=False)
     else:  # both splits are found and listed before either is decoded
-        (train, classes), (val, val_classes) = scan(f"{data_dir}/train"), scan(f"{data_dir}/val")
+        root, (train, classes), (val, val_classes) = splits(name, data_dir)
         if val_classes != classes:
             raise UserError(f"{data_dir}: train and val hold other classes; expected {LAYOUT}")
-        xtr, ytr, htr = image_folder(f"{data_dir}/train", train, img_size, memory_gb, num_workers)
-        xte, yte, hte = image_folder(f"{data_dir}/val", val, img_size, memory_gb, num_workers)
+        side = common_side(train + val, img_size) if name == 'folder' else 64  # Tiny-ImageNet's
+        xtr, ytr, htr = image_folder(f"{root}/train", train, side, memory_gb, num_workers)
+        xte, yte, hte = image_folder(f"{root}/val", val, side, memory_gb, num_workers)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
                  for v in NORMALIZE['cifar' if name in CIFAR else 'folder'])
     stored = 'x'.join(map(str, xte.shape[-2:])) if isinstance(xte, torch.Tensor) else 'streamed'
+    how = 'resized a batch at a time'
+    if name == 'folder' and side < img_size:
+        how = f"all {side}x{side}, so kept at that size and resized a batch at a time"
+    elif name == 'folder':
+        how = 'central squares, resized once when decoded'
     print(f"{name}: {len(ytr)} train / {len(yte)} test images, {len(classes)} classes, stored "
-          f"{stored} on {device}, trained at {img_size}x{img_size} (resized a batch at a time)")
+          f"{stored} on {device}, trained at {img_size}x{img_size} ({how})")
     labels = torch.cat([ytr, yte]).to(torch.int64).numpy().tobytes()
     fingerprint = dict(classes=list(classes), train=len(ytr), test=len(yte),  # a run's data
                        labels=hashlib.sha256(labels).hexdigest()[:16],
@@ -83,6 +91,70 @@ def cifar(name, data_dir, train):
 
 
 # ----------------------------------------------------------------------------- image folders
+def splits(name, data_dir):
+    """-> (the dataset's root, (train samples, classes), (val samples, classes)): a folder in the
+    class-folder layout, or Tiny-ImageNet in the layout it is distributed in."""
+    if name == 'tinyimagenet':
+        return tiny_imagenet(data_dir)
+    return data_dir, scan(f"{data_dir}/train"), scan(f"{data_dir}/val")
+
+
+def tiny_imagenet(data_dir):
+    """Tiny-ImageNet as distributed (tiny-imagenet-200.zip, fetched into data_dir once): 200
+    classes in sorted wnid order, named from words.txt; train/<wnid>/images/*.JPEG, and
+    val/images/*.JPEG labelled by val/val_annotations.txt (file, wnid, box)."""
+    root = fetch_tiny_imagenet(data_dir)
+    with open(os.path.join(root, 'wnids.txt')) as f:
+        wnids = sorted(f.read().split())
+    with open(os.path.join(root, 'words.txt')) as f:
+        words = dict(line.rstrip('\n').split('\t', 1) for line in f if '\t' in line)
+    names = [words.get(w, w) for w in wnids]
+    classes = [n if names.count(n) == 1 else f"{n} ({w})" for n, w in zip(names, wnids)]
+    index = {w: k for k, w in enumerate(wnids)}
+    train = [(os.path.join(root, 'train', w, 'images', f), index[w]) for w in wnids
+             for f in sorted(os.listdir(os.path.join(root, 'train', w, 'images')))]
+    with open(os.path.join(root, 'val', 'val_annotations.txt')) as f:
+        rows = sorted(line.split('\t')[:2] for line in f if line.strip())
+    val = [(os.path.join(root, 'val', 'images', file), index[w]) for file, w in rows]
+    return root, (train, classes), (val, classes)
+
+
+def fetch_tiny_imagenet(data_dir):
+    """data_dir/tiny-imagenet-200, extracted from its zip (downloaded there first if missing)."""
+    root, archive = (os.path.join(data_dir, n) for n in ('tiny-imagenet-200',
+                                                          'tiny-imagenet-200.zip'))
+    if os.path.isfile(os.path.join(root, 'wnids.txt')):
+        return root
+    try:
+        if not os.path.isfile(archive):
+            torchvision.datasets.utils.download_url(TINY_IMAGENET, data_dir)
+        print(f"extracting {archive}")
+        torchvision.datasets.utils.extract_archive(archive, data_dir)
+    except (urllib.error.URLError, OSError, RuntimeError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot get tinyimagenet into {data_dir} ({str(e).splitlines()[0][:120]})"
+                        f"; offline? put tiny-imagenet-200.zip (from {TINY_IMAGENET}) or its "
+                        f"extracted tiny-imagenet-200/ into {data_dir}") from None
+    return root
+
+
+def common_side(samples, img_size):
+    """The side of a dataset whose images are all squares of one size, at most img_size: it is kept
+    at that size and resized on the device, as CIFAR is. Else img_size: each image's central square
+    is resized to it once, here. Reads headers only, up to the first image that differs."""
+    first = None
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except Exception:  # decoding names it, with the others
+            return img_size
+        first = first or size
+        if size != first or size[0] != size[1] or size[0] > img_size:
+            return img_size
+    return first[0]
+
+
+
 def image_folder(root, samples, side, memory_gb, num_workers):
     """The samples of scan(root) -> (uint8 images (N, 3, side, side), or an Images dataset to
     stream when larger than memory_gb), labels (N,), a hash of every file's name and bytes. Every

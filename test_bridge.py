@@ -578,6 +578,66 @@ def test_the_fingerprint_sees_images_swapped_between_classes(folder, tmp_path):
     assert c == a  # kept or streamed: the same data, the same fingerprint (a resume may move to another GPU)
 
 
+def tiny_imagenet_zip(path, wnids=('n01443537', 'n01629819', 'n01641577'), n_train=6, n_val=3):
+    """A small tiny-imagenet-200.zip in exactly the distributed layout: train/<wnid>/images/*.JPEG
+    with <wnid>_boxes.txt, val/images/*.JPEG with val_annotations.txt, test/, wnids.txt, words.txt
+    (which names more wnids than the dataset has). Class k is a colour; val is shuffled."""
+    import zipfile
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    words = [f'{w}\tname {k}, the {k}th' for k, w in enumerate(wnids)] + ['n99999999\tnot in this dataset']
+
+    def jpeg(k, seed):
+        rng = np.random.default_rng(seed)
+        pixels = np.clip(np.array(colours[k]) + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+        buf = __import__('io').BytesIO()
+        Image.fromarray(pixels).save(buf, format='JPEG', quality=95)
+        return buf.getvalue()
+    with zipfile.ZipFile(path, 'w') as z:
+        z.writestr('tiny-imagenet-200/wnids.txt', '\n'.join(reversed(wnids)) + '\n')  # not sorted
+        z.writestr('tiny-imagenet-200/words.txt', '\n'.join(words) + '\n')
+        for k, w in enumerate(wnids):
+            z.writestr(f'tiny-imagenet-200/train/{w}/{w}_boxes.txt', '')
+            for i in range(n_train):
+                z.writestr(f'tiny-imagenet-200/train/{w}/images/{w}_{i}.JPEG', jpeg(k, 100 * k + i))
+        order = [(i, k) for i, k in enumerate([k for k in range(len(wnids)) for _ in range(n_val)][::-1])]
+        z.writestr('tiny-imagenet-200/val/val_annotations.txt',
+                   ''.join(f'val_{i}.JPEG\t{wnids[k]}\t0\t0\t63\t63\n' for i, k in order))
+        for i, k in order:
+            z.writestr(f'tiny-imagenet-200/val/images/val_{i}.JPEG', jpeg(k, 1000 + i))
+        z.writestr('tiny-imagenet-200/test/images/test_0.JPEG', jpeg(0, 9999))
+    return path
+
+
+def test_tiny_imagenet_loads_from_its_own_zip_layout_at_64_px(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, 'TINY_IMAGENET', 'http://127.0.0.1:9/tiny-imagenet-200.zip')  # offline
+    with pytest.raises(UserError, match=r'cannot get tinyimagenet into .*none .*offline\? put tiny-imagenet-200.zip '
+                                        r'\(from http://127.0.0.1:9/tiny-imagenet-200.zip\) or its extracted'):
+        data.load_dataset('tinyimagenet', str(tmp_path / 'none'), 16, 'cpu')
+    tiny_imagenet_zip(tmp_path / 'tiny-imagenet-200.zip')
+    d = data.load_dataset('tinyimagenet', str(tmp_path), 16, 'cpu')
+    assert 'extracting' in capsys.readouterr().out
+    assert d['classes'] == ['name 0, the 0th', 'name 1, the 1th', 'name 2, the 2th']  # sorted wnids, words.txt
+    assert d['train'][0].shape == (18, 3, 64, 64) and d['test'][0].shape == (9, 3, 64, 64)  # kept at 64 px
+    assert d['test'][1].tolist() == [2, 2, 2, 1, 1, 1, 0, 0, 0]  # val labels from val_annotations.txt, by file
+    red_green_blue = [d['test'][0][d['test'][1] == k].float().mean((0, 2, 3)).argmax().item() for k in range(3)]
+    assert red_green_blue == [0, 1, 2]  # each val image came with its own label
+    again = data.load_dataset('tinyimagenet', str(tmp_path), 16, 'cpu')  # extracted once: the same data
+    assert again['fingerprint'] == d['fingerprint'] and 'extracting' not in capsys.readouterr().out
+    result = bridge.main(['--dataset', 'tinyimagenet', '--data_dir', str(tmp_path), '--out_dir', str(tmp_path / 'r'),
+                          *TINY, '--max_iters', '2', '--batch_size', '6'])
+    assert result['iter'] == 2
+
+
+def test_a_folder_of_one_small_square_size_is_kept_at_it_and_resized_on_the_device(tmp_path, capsys):
+    small = make_folder(tmp_path / 'small', n_classes=2, n_train=4, n_val=2, size=8)
+    d = data.load_dataset('folder', small, 16, 'cpu')
+    assert d['train'][0].shape == (8, 3, 8, 8)
+    assert 'stored 8x8 on cpu, trained at 16x16 (all 8x8, so kept at that size' in capsys.readouterr().out
+    Image.new('RGB', (12, 8)).save(tmp_path / 'small' / 'train' / 'class0' / 'wide.png')  # one of another size
+    assert data.load_dataset('folder', small, 16, 'cpu')['train'][0].shape == (9, 3, 16, 16)
+    assert 'central squares, resized once when decoded' in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- bridge.py: the two stages
 def test_learns_real_labels_but_only_memorizes_random_ones(folder, tmp_path):
     real = run(folder, tmp_path / 'real', '--stage', 'finetune', '--max_iters', '40', '--batch_size', '32',
@@ -1588,7 +1648,7 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('analysis', ['landscape', '{run}', '--grid', '0'], r'--grid 0: must be > 0'),
     ('analysis', ['landscape', '{run}', '--batches', '0'], r'--batches 0: must be > 0'),
     ('analysis', ['landscape', '{run}', '--span', 'nan'], r'--span nan: expected a finite number'),
-    ('analysis', ['tsne', '{run}', '--dataset', 'foo'], r"--dataset 'foo' is not one of , cifar10, cifar100, folder"),
+    ('analysis', ['tsne', '{run}', '--dataset', 'foo'], r"--dataset 'foo' is not one of , cifar10, cifar100, tinyimagenet, folder"),
     ('analysis', ['outliers', '{run}', '--out', '{tmp}/junk.pt/fig'], r'--out .*junk.pt/fig: cannot create its folder'),
     ('analysis', ['outliers', '{tmp}/tensor.pt'], r'tensor.pt holds no state dict of tensors to count \(a Tensor\)'),
     ('analysis', ['outliers', '{tmp}/empty.pt'], r'empty.pt holds no state dict of tensors to count \(a dict, empty\)'),
