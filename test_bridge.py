@@ -1648,7 +1648,8 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('analysis', ['landscape', '{run}', '--grid', '0'], r'--grid 0: must be > 0'),
     ('analysis', ['landscape', '{run}', '--batches', '0'], r'--batches 0: must be > 0'),
     ('analysis', ['landscape', '{run}', '--span', 'nan'], r'--span nan: expected a finite number'),
-    ('analysis', ['tsne', '{run}', '--dataset', 'foo'], r"--dataset 'foo' is not one of , cifar10, cifar100, tinyimagenet, folder"),
+    ('analysis', ['tsne', '{run}', '--dataset', 'foo'], r"--dataset 'foo' is not one of , cifar10, cifar100, "
+                                                        r"tinyimagenet, folder"),
     ('analysis', ['outliers', '{run}', '--out', '{tmp}/junk.pt/fig'], r'--out .*junk.pt/fig: cannot create its folder'),
     ('analysis', ['outliers', '{tmp}/tensor.pt'], r'tensor.pt holds no state dict of tensors to count \(a Tensor\)'),
     ('analysis', ['outliers', '{tmp}/empty.pt'], r'empty.pt holds no state dict of tensors to count \(a dict, empty\)'),
