@@ -185,7 +185,8 @@ def time_stream(c, device):
 def main(argv):
     c = parse(argv, globals(), CHOICES, POSITIVE)[0]
     device = pick_device(c.device)
-    print(f"{set_threads(device)} CPU threads (the free cores; OMP_NUM_THREADS sets them)")
+    threads = set_threads(device)
+    print(f"{threads} CPU thread{'s' * (threads > 1)} (the free cores; OMP_NUM_THREADS sets them)")
     if c.stream:
         result = time_stream(c, device)
         print(to_json(result))
