@@ -24,9 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from checkpoint import init_model, load_run, read_checkpoint
 from configurator import UserError, cores, parse, pick_device, run_cli, to_json
 from data import augment, load_dataset
-from checkpoint import init_model, load_run, read_checkpoint
 from model import GPT, IGNORED, OFFICIAL, architecture, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>

@@ -26,11 +26,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 from configurator import (Stopped, UserError, autocast_dtype, cores, parse, peak_flops,
                           pick_device, ranks, run_cli, set_threads, to_json)
 from data import (CIFAR, augment, cifar, eval_batches, fetch_tiny_imagenet, load_dataset,
                   random_labels, steps_per_epoch, train_batches)
-import checkpoint
 from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
 
 # ----------------------------------------------------------------- flags (the paper's CIFAR-10 run)
