@@ -274,7 +274,7 @@ def start_model(c, ckpt, resuming, classes):
     new_head = (c.reinit_head or trained_on != classes) and c.stage != 'eval'
     net = init_model(c.init_from, c.seed, image, c.model, ckpt, new_head)
     mc = net.config
-    shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} heads"
+    shape = f"{mc.n_layer} layers x {mc.n_embd} wide, {mc.n_head} head{'s' * (mc.n_head > 1)}"
     if c.init_from == 'scratch':
         print(f"scratch: GPT-2 {shape} ({c.model}), GPT-2's random init")
     elif c.stage == 'finetune' and trained_on is None:

@@ -228,7 +228,8 @@ class GPT(nn.Module):
         check_keys(where, missing, unexpected)
         parts = model.load_image_parts(image, keep_head)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads "
+        print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} "
+              f"head{'s' * (config.n_head > 1)} "
               f"from {path}: {len(sd)} tensors{' (no wte: image model)' * (not config.vocab_size)}"
               f"{parts}; {n_params / 1e6:.2f}M parameters")
         return model

@@ -1513,7 +1513,8 @@ def test_gpu_bridge_run_of_a_gpt2_medium_sized_model_on_cifar_sized_data(tmp_pat
         n, g = (50_000 if train else 10_000), torch.Generator().manual_seed(int(train))
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         return images, torch.randint(0, 10, (n,), generator=g), [f'class{k}' for k in range(10)], f'synthetic{train}'
-    monkeypatch.setattr(data, 'cifar', synthetic_cifar)
+    monkeypatch.setattr(data, 'cifar', synthetic_cifar)  # load_dataset's
+    monkeypatch.setattr(bridge, 'cifar', synthetic_cifar)  # fetch's: nothing to download
     torch.cuda.reset_peak_memory_stats()
     result = bridge.main(['--init_from', 'scratch', '--model', 'gpt2-medium', '--out_dir', str(tmp_path / 'r'),
                           '--max_iters', '120', '--log_interval', '20', '--eval_interval', '120'])
