@@ -37,6 +37,7 @@ RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_in
 OWN = ('ckpt.pt', 'metrics.jsonl', 'config.json')  # the files a run writes, and the only ones
 LOCK = 'run.lock'  # held (flock) by the run writing into the folder; it holds that process's pid
 HELD = {}          # out_dir -> (the lock's open file, was the folder created by this run?)
+VERIFIED = set()   # (device, inode, size, mtime) of the checkpoints whose CRC-32s passed
 
 
 # ----------------------------------------------------------------- reading a run's folder
@@ -194,7 +195,12 @@ def read_checkpoint(path):
 
 def verify(path):
     """Every record of a torch.save archive against the CRC-32 stored with it (torch.load itself
-    checks none of the tensor data)."""
+    checks none of the tensor data). Once per file and version in a process: analysis.py names a
+    run's checkpoint more than once, and a 4 GB one takes seconds to read."""
+    st = os.stat(path)
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if version in VERIFIED:
+        return
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
@@ -203,6 +209,7 @@ def verify(path):
     if bad is not None:
         raise UserError(f"cannot read {path}: it is damaged ({bad} fails its CRC-32 check: "
                         f"flipped or lost bytes); use a copy, or start the run again")
+    VERIFIED.add(version)
 
 
 def resumed(c, given, ckpt):
