@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 from configurator import (Stopped, UserError, autocast_dtype, cores, parse, peak_flops,
                           pick_device, ranks, run_cli, set_threads, to_json)
-from data import (CIFAR, augment, cifar, eval_batches, fetch_tiny_imagenet, load_dataset,
-                  random_labels, steps_per_epoch, train_batches)
+from data import (CIFAR, augment, eval_batches, fetch_cifar, fetch_tiny_imagenet,
+                  load_dataset, random_labels, steps_per_epoch, train_batches)
 from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
 
 # ----------------------------------------------------------------- flags (the paper's CIFAR-10 run)
@@ -465,7 +465,7 @@ def fetch(c):
     work; everything that cannot be had offline is named in one line, not one at a time."""
     failed = []
     for needed, get in ((c.init_from in OFFICIAL, lambda: download(c.init_from)),
-                        (c.dataset in CIFAR, lambda: cifar(c.dataset, c.data_dir, train=False)),
+                        (c.dataset in CIFAR, lambda: fetch_cifar(c.dataset, c.data_dir)),
                         (c.dataset == 'tinyimagenet', lambda: fetch_tiny_imagenet(c.data_dir))):
         try:
             if needed:

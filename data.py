@@ -79,15 +79,37 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
 def cifar(name, data_dir, train):
     """CIFAR-10/100 via torchvision, downloaded into data_dir once -> uint8 (N, 3, 32, 32), labels,
     class names, a hash of the pixels."""
-    cls = CIFAR[name]
+    cls = fetch_cifar(name, data_dir)
     try:
-        ds = cls(data_dir, train=train, download=True)  # checks the files, downloads if missing
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise UserError(f"cannot get {name} into {data_dir} ({str(e).splitlines()[0][:120]}); "
-                        f"offline? put {cls.filename} (from {cls.url}) or its extracted "
-                        f"{cls.base_folder}/ into {data_dir}") from None
+        ds = cls(data_dir, train=train, download=False)  # checks the files' md5 once more
+    except (OSError, RuntimeError) as e:
+        raise UserError(cannot_get_cifar(name, data_dir, e)) from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
     return images, torch.tensor(ds.targets), ds.classes, hashlib.sha256(ds.data).hexdigest()
+
+
+def fetch_cifar(name, data_dir):
+    """CIFAR's batch files in data_dir, their md5s checked; downloaded and extracted there first
+    when one is missing or damaged (what torchvision's download=True does, without loading a
+    split) -> torchvision's dataset class."""
+    cls = CIFAR[name]
+    files = [(os.path.join(data_dir, cls.base_folder, f), md5) for f, md5 in
+             cls.train_list + cls.test_list]
+    if all(torchvision.datasets.utils.check_integrity(f, md5) for f, md5 in files):
+        return cls
+    try:
+        torchvision.datasets.utils.download_and_extract_archive(
+            cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise UserError(cannot_get_cifar(name, data_dir, e)) from None
+    return cls
+
+
+def cannot_get_cifar(name, data_dir, e):
+    """The line for CIFAR missing offline: what failed, which file to put where."""
+    cls = CIFAR[name]
+    return (f"cannot get {name} into {data_dir} ({str(e).splitlines()[0][:120]}); offline? put "
+            f"{cls.filename} (from {cls.url}) or its extracted {cls.base_folder}/ into {data_dir}")
 
 
 # ----------------------------------------------------------------------------- image folders

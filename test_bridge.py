@@ -467,6 +467,7 @@ def test_augment_rrc_crops_scales_and_flips():
 def test_cifar_loading_says_both_sizes(tmp_path, monkeypatch, capsys):
     class FakeCIFAR:  # torchvision's interface: .data (N, 32, 32, 3) uint8, .targets, .classes
         url, filename, base_folder = 'https://example/cifar.tar.gz', 'cifar.tar.gz', 'cifar-batches'
+        train_list = test_list = []  # no files to check: nothing to download
 
         def __init__(self, root, train, download):
             n = 20 if train else 10
@@ -1514,7 +1515,7 @@ def test_gpu_bridge_run_of_a_gpt2_medium_sized_model_on_cifar_sized_data(tmp_pat
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         return images, torch.randint(0, 10, (n,), generator=g), [f'class{k}' for k in range(10)], f'synthetic{train}'
     monkeypatch.setattr(data, 'cifar', synthetic_cifar)  # load_dataset's
-    monkeypatch.setattr(bridge, 'cifar', synthetic_cifar)  # fetch's: nothing to download
+    monkeypatch.setattr(bridge, 'fetch_cifar', lambda name, data_dir: None)  # nothing to download
     torch.cuda.reset_peak_memory_stats()
     result = bridge.main(['--init_from', 'scratch', '--model', 'gpt2-medium', '--out_dir', str(tmp_path / 'r'),
                           '--max_iters', '120', '--log_interval', '20', '--eval_interval', '120'])
