@@ -176,7 +176,6 @@ def common_side(samples, img_size):
     return first[0]
 
 
-
 def image_folder(root, samples, side, memory_gb, num_workers):
     """The samples of scan(root) -> (uint8 images (N, 3, side, side), or an Images dataset to
     stream when larger than memory_gb), labels (N,), a hash of every file's name and bytes. Every
@@ -187,7 +186,7 @@ def image_folder(root, samples, side, memory_gb, num_workers):
     print(f"{root}: decoding {len(samples)} images at {side}x{side} ({gb:.2f} GB: "
           f"{'streamed, so checked now and decoded again each epoch' if stream else 'kept'}, "
           f"budget {memory_gb:.1f} GB)")
-    loader = DataLoader(Images(samples, side, keep=not stream), batch_size=256,
+    loader = DataLoader(Images(samples, side, keep=not stream, check=True), batch_size=256,
                         num_workers=num_workers)
     images, whys, digests, start, shown = [], [], [], time.time(), time.time()
     for x, why, digest in loader:  # each batch: (pixels, why unreadable or '', sha256 of the file)
@@ -258,12 +257,13 @@ def images_under(top):
 
 
 class Images(torch.utils.data.Dataset):
-    """samples[i] -> (uint8 (3, side, side), '', the file's sha256), or (zeros, why, '') for a
-    file that cannot be decoded, so that bad files are reported together. keep=False decodes in
-    full but returns no pixels (the check of a streamed folder)."""
+    """samples[i] -> (uint8 (3, side, side), '', the file's sha256 if check else ''), or (zeros,
+    why, '') for a file that cannot be decoded, so that bad files are reported together. check:
+    the start-up pass, which hashes every file (the fingerprint); keep=False decodes in full but
+    returns no pixels (that pass over a streamed folder). Training streams with neither."""
 
-    def __init__(self, samples, side, keep=True):
-        self.samples, self.side, self.keep = samples, side, keep
+    def __init__(self, samples, side, keep=True, check=False):
+        self.samples, self.side, self.keep, self.check = samples, side, keep, check
 
     def __len__(self):
         return len(self.samples)
@@ -278,7 +278,8 @@ class Images(torch.utils.data.Dataset):
             why = re.sub(r' <_io.BytesIO .*>', '', (str(e).splitlines() or [''])[0])[:120]
             why = f"{type(e).__name__}: {why}"
             return torch.zeros(3, side, side, dtype=torch.uint8), why, ''
-        return x[:, :side, :side], '', hashlib.sha256(raw).hexdigest()
+        digest = hashlib.sha256(raw).hexdigest() if self.check else ''
+        return x[:, :side, :side], '', digest
 
 
 def decode(path, side):
