@@ -142,12 +142,16 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(module.bias)
 
     # ---------------------------------------------------------------- forward passes
-    def body(self, x):
-        """(B, T, C) token embeddings -> (B, T, C) hidden states: + wpe[0:T], the blocks, ln_f."""
+    def embed(self, x):
+        """(B, T, C) token embeddings -> (B, T, C) the input of block 0: + wpe[0:T], dropout."""
         T = x.size(1)
         if T > self.config.block_size:
             raise UserError(f"{T} tokens exceed GPT-2's {self.config.block_size} positions")
-        x = self.transformer.drop(x + self.transformer.wpe.weight[:T])
+        return self.transformer.drop(x + self.transformer.wpe.weight[:T])
+
+    def body(self, x):
+        """(B, T, C) token embeddings -> (B, T, C) hidden states: embed, the blocks, ln_f."""
+        x = self.embed(x)
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
@@ -169,9 +173,7 @@ class GPT(nn.Module):
     def hidden_states(self, images):
         """(B, 3, H, W) -> every layer's (B, T, C) tokens, for probes: the input of block 0
         (patches + wpe), the output of each block, and after ln_f (what features pools)."""
-        x = self.patch_tokens(images)
-        x = self.transformer.drop(x + self.transformer.wpe.weight[:x.size(1)])
-        states = [x]
+        states = [self.embed(self.patch_tokens(images))]
         for block in self.transformer.h:
             states.append(block(states[-1]))
         return states + [self.transformer.ln_f(states[-1])]
