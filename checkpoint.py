@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from configurator import UserError, ranks, to_json
-from model import (GPT, OFFICIAL, GPTConfig, architecture, check_keys, exported_image,
+from model import (GPT, OFFICIAL, GPTConfig, architecture, check_keys, export_config,
                    read_weights)
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
@@ -57,8 +57,8 @@ def open_run(c, given):
     elif c.init_from.endswith(('.pt', '.pth')):
         ckpt = read_checkpoint(c.init_from)
         handed_on(c, given, ckpt['model_config'], ckpt['config'])
-    elif exported_classes(c.init_from) is not None:  # a network export.py wrote
-        handed_on(c, given, exported_image(c.init_from)[0])
+    elif export_config(c.init_from) is not None:  # a network export.py wrote
+        handed_on(c, given, export_config(c.init_from))
     elif c.init_from not in (*OFFICIAL, 'scratch') and not os.path.exists(c.init_from):
         raise UserError(f"--init_from {c.init_from}: no such file or directory; use "
                         f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt written by bridge.py, "
@@ -277,7 +277,8 @@ def start_model(c, ckpt, resuming, classes):
         return net, ckpt['start']
     image = dict(vocab_size=0, n_classes=len(classes), img_size=c.img_size,
                  patch_size=c.patch_size, dropout=c.dropout)
-    trained_on = ckpt['data']['classes'] if ckpt else exported_classes(c.init_from)
+    exported = export_config(c.init_from) or {}  # {} unless init_from is an export of export.py
+    trained_on = ckpt['data']['classes'] if ckpt else exported.get('classes')
     new_head = (c.reinit_head or trained_on != classes) and c.stage != 'eval'
     net = init_model(c.init_from, c.seed, image, c.model, ckpt, new_head)
     mc = net.config
@@ -315,16 +316,6 @@ def init_model(init_from, seed, image, model=None, source=None, new_head=True):
     check_keys(f"{init_from} does not fit", missing=set(missing) - {'head.weight', 'head.bias'},
                unexpected=unexpected)
     return net
-
-
-def exported_classes(path):
-    """The class names of an export of export.py (its image_config.json); None for any other
-    source."""
-    config = os.path.join(path, 'image_config.json')
-    if not os.path.isfile(config):
-        return None
-    with open(config) as f:
-        return json.load(f).get('classes')
 
 
 def weights_hash(net):

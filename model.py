@@ -394,18 +394,27 @@ def shape_of(sd, hf, path):
     return dict(shape, n_head=hf.get('n_head', HEADS_BY_WIDTH.get(n_embd)))
 
 
-def exported_image(source):
-    """The image parts of an export of export.py (image_config.json, image.safetensors) ->
-    (GPTConfig fields, tensors); ({}, {}) for any other source."""
+def export_config(source):
+    """The image_config.json of an export of export.py -> dict (its sizes as whole numbers, its
+    class names...); None for any other source."""
     config = os.path.join(source, 'image_config.json') if os.path.isdir(source) else ''
     if not os.path.isfile(config):
-        return {}, {}
+        return None
     try:
         with open(config) as f:
             image = json.load(f)
-        fields = {k: int(image[k]) for k in ('n_classes', 'img_size', 'patch_size')}
+        return dict(image, **{k: int(image[k]) for k in ('n_classes', 'img_size', 'patch_size')})
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{config} is not an image_config.json of export.py ({e})") from None
+
+
+def exported_image(source):
+    """The image parts of an export of export.py (image_config.json, image.safetensors) ->
+    (GPTConfig fields, tensors); ({}, {}) for any other source."""
+    config = export_config(source)
+    if config is None:
+        return {}, {}
+    fields = {k: config[k] for k in ('n_classes', 'img_size', 'patch_size')}
     return dict(fields, vocab_size=0), read_weights(os.path.join(source, 'image.safetensors'))
 
 
