@@ -599,11 +599,11 @@ def fit_probe(x_train, y_train, x_test, y_test, n_classes, f):
     held = held[:max(1, len(y_train) // 10)].to(x_train.device)
     fit = torch.ones(len(y_train), dtype=torch.bool, device=x_train.device)
     fit[held] = False
+    x_fit, y_fit, x_held, y_held = x_train[fit], y_train[fit], x_train[held], y_train[held]
     best, w = (-1.0, None), None
-    for l2 in L2:
-        w = logistic_regression(x_train[fit], y_train[fit], n_classes, l2, w)
-        acc = accuracy(w, x_train[held], y_train[held])
-        best = max(best, (acc, l2))
+    for l2 in L2:  # the splits are copied once, not once a strength
+        w = logistic_regression(x_fit, y_fit, n_classes, l2, w)
+        best = max(best, (accuracy(w, x_held, y_held), l2))
     w = logistic_regression(x_train, y_train, n_classes, best[1])
     return accuracy(w, x_test, y_test), best[1]
 

@@ -228,7 +228,7 @@ def train(c, env, d, raw, opt, labels, ckpt, start, stop):
             checkpoint.save(c, env, metrics, history,
                             dict(model=raw, optimizer=opt, scaler=scaler, train_labels=labels,
                                  start=start, data=d['fingerprint']))
-            log_wandb(c, metrics)
+            log_wandb(c, env, metrics)
         if stopping:
             break
     return finish(c, it, history, clock, stop)
@@ -370,9 +370,9 @@ def evaluate(net, d, c, env):
     return dict(test_loss=loss, test_acc=acc)
 
 
-def log_wandb(c, metrics):
+def log_wandb(c, env, metrics):
     """An evaluation's metrics to Weights & Biases (--wandb), from rank 0."""
-    if not c.wandb or int(os.environ.get('RANK', 0)) > 0:
+    if not c.wandb or env.rank > 0:
         return
     import wandb
     if wandb.run is None:

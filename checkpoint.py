@@ -404,7 +404,7 @@ def write_run(c, ckpt, history):
     writes = {'ckpt.pt': (lambda f: torch.save(ckpt, f), 'wb'),
               'metrics.jsonl': (lambda f: f.write(rows), 'w'),
               'config.json': (lambda f: f.write(run_config), 'w')}
-    kept = f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
+    kept = last_kept(history)
     for name, (write, mode) in writes.items():
         path = os.path.join(c.out_dir, name)
         try:
@@ -428,6 +428,11 @@ def atomic(path, write, mode='w'):
 
 def diverged(c, it, what, history):
     """Stops a run whose loss is not finite; ckpt.pt stays the last good checkpoint."""
-    kept = f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
     hint = " or --dtype bfloat16" if c.dtype == 'float16' else ''
-    raise UserError(f"{what} at step {it}: stopped; in {c.out_dir}, {kept}; try a lower --lr{hint}")
+    raise UserError(f"{what} at step {it}: stopped; in {c.out_dir}, {last_kept(history)}; try a "
+                    f"lower --lr{hint}")
+
+
+def last_kept(history):
+    """What ckpt.pt holds, said when a run stops without writing another."""
+    return f"ckpt.pt keeps step {history[-1]['iter']}" if history else "no checkpoint was written"
