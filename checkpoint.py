@@ -36,7 +36,7 @@ RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_in
              'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
 OWN = ('ckpt.pt', 'metrics.jsonl', 'config.json')  # the files a run writes, and the only ones
 LOCK = 'run.lock'  # held (flock) by the run writing into the folder; it holds that process's pid
-HELD = {}          # out_dir -> (the lock's open file, was the folder created by this run?)
+HELD = {}          # out_dir -> (the lock's open file, the highest folder this run created or '')
 VERIFIED = set()   # (device, inode, size, mtime) of the checkpoints whose CRC-32s passed
 
 
@@ -80,7 +80,11 @@ def claim(out_dir):
         raise UserError(f"--out_dir {out_dir} is a file: the run's files go in a folder")
     if ranks()[0] > 0:  # rank 0 holds the folder for all ranks
         return
-    created = not os.path.exists(out_dir)
+    created = ''  # the highest folder of out_dir's path that does not exist yet
+    for folder in (out_dir, *parents(out_dir)):
+        if os.path.exists(folder):
+            break
+        created = folder
     try:
         os.makedirs(out_dir, exist_ok=True)
         f = take_lock(os.path.join(out_dir, LOCK))
@@ -157,16 +161,33 @@ def is_our_config(path):
     return isinstance(config, dict) and {'stage', 'model_config', 'out_dir'} <= config.keys()
 
 
+def parents(path):
+    """path's folders above it, nearest first: 'out/a/b' -> 'out/a', 'out'."""
+    path = os.path.dirname(os.path.normpath(path))
+    while path and path != os.path.dirname(path):
+        yield path
+        path = os.path.dirname(path)
+
+
 def release():
-    """Ends this process's hold on its run folders: the lock file goes, and a folder that this run
-    created and left without a file of its own goes too (a start that failed leaves no trace)."""
+    """Ends this process's hold on its run folders: the lock file goes, and the folders this run
+    created and left empty go too, up to the highest it created (a start that failed leaves no
+    trace)."""
     while HELD:
         out_dir, (f, created) = HELD.popitem()
         with contextlib.suppress(OSError):
             os.remove(os.path.join(out_dir, LOCK))
-            if created and not os.listdir(out_dir):
-                os.rmdir(out_dir)
+            if created:
+                remove_empty(out_dir, created)
         f.close()
+
+
+def remove_empty(out_dir, top):
+    """Removes out_dir, then its parents up to top, each while it is empty (else OSError)."""
+    for folder in (out_dir, *parents(out_dir)):
+        os.rmdir(folder)
+        if os.path.normpath(folder) == os.path.normpath(top):
+            return
 
 
 def read_checkpoint(path):

@@ -922,6 +922,9 @@ def test_a_fresh_run_never_replaces_a_run_and_a_failed_start_writes_nothing(fold
     with pytest.raises(UserError, match=r'--batch_size 5000 x 1 processes exceeds the 128 training images'):
         run(folder, tmp_path / 'new', '--batch_size', '5000')
     assert not os.path.exists(tmp_path / 'new')  # nothing written before the run could start
+    with pytest.raises(UserError, match=r'--batch_size 5000 x 1 processes exceeds'):
+        run(folder, tmp_path / 'nested' / 'deeper' / 'run', '--batch_size', '5000')
+    assert not os.path.exists(tmp_path / 'nested')  # nor the folders above it that it made
 
 
 def test_resume_takes_the_runs_data_moved_but_no_other(folder, tmp_path):
