@@ -26,14 +26,14 @@ import torch.nn.functional as F
 
 from checkpoint import init_model, load_run, read_checkpoint
 from configurator import UserError, cores, parse, pick_device, run_cli, to_json
-from data import augment, load_dataset
+from data import DATASETS, augment, load_dataset
 from model import GPT, IGNORED, OFFICIAL, architecture, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
-device = 'auto'      # auto | cuda | cpu | mps
+device = 'auto'      # auto, cuda, cuda:N, cpu or mps
 dataset = ''         # the images; '': the run's own (probe: the first run's, else cifar10)
 data_dir = ''        # '': the run's own data_dir
-split = 'test'       # landscape, tsne: test (true labels) | train (landscape: labels trained on)
+split = 'test'       # test: true labels | train: (landscape) the labels trained on; tsne too
 batch_size = 64      # images per forward pass
 threshold = 1.0      # outliers: |w| > threshold (the paper's code: 1.0)
 k_std = 6.0          # outliers, relative: more than k_std std from the mean of their own tensor
@@ -47,8 +47,7 @@ model = 'gpt2-medium'  # probe: the architecture of a `scratch` source (an OpenA
 img_size = 0         # probe: the image side of sources without one; 0: the first run's, else 224
 patch_size = 0       # probe: their patch side; 0: the first run's, else 16
 
-CHOICES = dict(split=('test', 'train'),
-               dataset=('', 'cifar10', 'cifar100', 'tinyimagenet', 'folder'))
+CHOICES = dict(dataset=('', *DATASETS))
 POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'images', 'top_k')
 L2 = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # probe: the L2 strengths tried, strongest first
 POOLS = {'last': ('-', 'last token'), 'mean': (':', 'mean over tokens')}  # probe: line, name

@@ -2,7 +2,7 @@
 A run's folder (--out_dir) and the rules that keep it honest: what is read from it, what is checked
 against it, and how it is written. bridge.py calls it in a few named places:
 
-  c, ckpt, resuming = open_run(c, given)  # fresh, hand-off or resume: checked before any work
+  c, ckpt, resuming = open_run(c, given, defaults)  # fresh, hand-off or resume: checked first
   check_data(c, ckpt, resuming, d)        # a resume trains on exactly its data, eval on its classes
   net, start = start_model(c, ckpt, resuming, classes)  # its weights, and their fingerprint
   it, history = resume_state(c, opt, scaler, ckpt)  # the optimizer and step of a resume
@@ -38,10 +38,11 @@ OWN = ('ckpt.pt', 'metrics.jsonl', 'config.json')  # the files a run writes, and
 LOCK = 'run.lock'  # held (flock) by the run writing into the folder; it holds that process's pid
 HELD = {}          # out_dir -> (the lock's open file, the highest folder this run created or '')
 VERIFIED = set()   # (device, inode, size, mtime) of the checkpoints whose CRC-32s passed
+LEGACY = dict(pool='last', causal=True)  # GPTConfig fields until 2026-11-30: their only values
 
 
 # ----------------------------------------------------------------- reading a run's folder
-def open_run(c, given):
+def open_run(c, given, defaults):
     """-> (the run's config, the checkpoint it starts from or None, resuming?). A resume takes the
     run's own flags; a hand-off takes its network's sizes; a fresh run never replaces a run. A run
     that trains holds its folder (claim) from here to its end (release)."""
@@ -53,7 +54,7 @@ def open_run(c, given):
         if not os.path.isfile(path):
             raise UserError(f"--init_from resume: no checkpoint at {path} (the run's --out_dir?)")
         ckpt = read_checkpoint(path)
-        c = resumed(c, given, ckpt)
+        c = resumed(c, given, ckpt, defaults)
     elif c.init_from.endswith(('.pt', '.pth')):
         ckpt = read_checkpoint(c.init_from)
         handed_on(c, given, ckpt['model_config'], ckpt['config'])
@@ -200,8 +201,9 @@ def read_checkpoint(path):
     ckpt = read_weights(path, mmap=True)
     if not (isinstance(ckpt, dict) and {'model', 'model_config', 'config'} <= ckpt.keys()):
         raise UserError(f"{path} is not a checkpoint written by bridge.py")
-    for k in ('pool', 'causal'):  # GPTConfig fields until 2026-11-30, always 'last' and True
-        ckpt['model_config'].pop(k, None)
+    for k, always in LEGACY.items():  # GPTConfig fields until 2026-11-30, with their one value
+        if k not in GPTConfig.__dataclass_fields__ and ckpt['model_config'].get(k) == always:
+            del ckpt['model_config'][k]
     missing = {'iter', 'history', 'data', 'start', 'world'} - ckpt.keys()
     if missing:  # the run's metrics, data and start were not kept before these were added
         raise UserError(f"{path} was written by an older bridge.py (it has no "
@@ -233,13 +235,16 @@ def verify(path):
     VERIFIED.add(version)
 
 
-def resumed(c, given, ckpt):
-    """The run's own config; a flag given again must repeat the run's value unless RESUMABLE."""
-    run = ckpt['config']
+def resumed(c, given, ckpt, defaults):
+    """The run's own config; a flag given again must repeat the run's value unless RESUMABLE. A
+    flag added to bridge.py since the run started takes its default (defaults), and says so."""
+    run = dict(ckpt['config'])
     lacks = sorted(set(vars(c)) - set(run))
     if lacks:
-        raise UserError(f"{c.out_dir}/ckpt.pt has no value for --{', --'.join(lacks)}: written by "
-                        f"another version of bridge.py, it cannot be resumed by this one")
+        run.update({k: defaults[k] for k in lacks})
+        shown = ', '.join(f"--{k} {defaults[k]!r}" for k in lacks)
+        print(f"{c.out_dir}/ckpt.pt predates {shown}: the run resumes with "
+              f"{'these defaults' if len(lacks) > 1 else 'its default'}")
     for k in sorted(given - set(RESUMABLE)):
         if getattr(c, k) != run[k]:
             raise UserError(f"--init_from resume continues {c.out_dir} as it was: --{k} "
@@ -253,17 +258,25 @@ def resumed(c, given, ckpt):
 
 def handed_on(c, given, sizes, config=None):
     """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint or export (a
-    flag may only repeat them); --stage eval also takes the run's dataset (config), unless one is
-    given."""
+    flag may only repeat them); a checkpoint's run (config) also hands on its dataset and data_dir
+    unless they are given, and says which blocks it froze and whether they train now."""
     for k in ('img_size', 'patch_size'):
         have = sizes[k]
         if k in given and getattr(c, k) != have:
             raise UserError(f"--{k} {getattr(c, k)}: {c.init_from} was trained with {k} {have}, "
                             f"part of its network; leave the flag out")
         setattr(c, k, have)
-    for k in ('dataset', 'data_dir'):
-        if c.stage == 'eval' and config and k not in given:
-            setattr(c, k, config[k])
+    if config is None:
+        return
+    kept = [k for k in ('dataset', 'data_dir') if k not in given]
+    for k in kept:
+        setattr(c, k, config[k])
+    if kept:
+        print(f"{c.init_from}: its run's {' and '.join(f'--{k} {config[k]}' for k in kept)} "
+              f"(give the flag for other data)")
+    if c.stage != 'eval' and config.get('freeze', 'none') != 'none':
+        now = 'kept frozen' if c.freeze == config['freeze'] else f"--freeze {c.freeze} now"
+        print(f"{c.init_from}: its {config['stage']} stage froze {config['freeze']}; {now}")
 
 
 def threads_of_run(ran, now):

@@ -4,6 +4,8 @@ The command lines' shared plumbing, as nanoGPT's configurator.py: flags, --help,
 A flag is a module-level line `name = default  # what it does` in bridge.py, analysis.py, bench.py.
 `--name value` or `--name=value` overrides it with a value of the default's type; `--help` prints
 every flag with its default and its comment, read from the script's own source, so they never drift.
+A string flag whose comment lists its values as `a: what | b: what | c` (its default one of them)
+accepts those values only: the choices live in the flag's own line, nowhere else.
 """
 import difflib
 import json
@@ -18,6 +20,7 @@ from types import SimpleNamespace
 import torch
 
 FLAG_LINE = re.compile(r'^([a-z]\w*) = (.+?)  # (.+)$')  # lower-case name = default  # comment
+CHOICE = re.compile(r'\s*([^\s:(]+)')  # a value listed in a comment: its first word
 TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16, for MFU
 
@@ -45,6 +48,15 @@ def flags_of(namespace):
     return {m[1]: (namespace[m[1]], m[2].strip(), m[3]) for m in matches if m and m[1] in namespace}
 
 
+def choices_of(default, comment):
+    """The values a string flag accepts, from its comment 'a: what | b (what) | c' when its default
+    is one of them; None (any value) otherwise."""
+    listed = [CHOICE.match(part)[1] for part in comment.split(' | ') if CHOICE.match(part)]
+    if isinstance(default, str) and ' | ' in comment and default in listed:
+        return tuple(listed)
+    return None
+
+
 def help_text(namespace):
     """The script's docstring, then a line per flag: --name default (as in the source)  comment."""
     table = flags_of(namespace)
@@ -57,11 +69,15 @@ def help_text(namespace):
 
 def parse(argv, namespace, choices=None, positive=()):
     """argv -> (every flag in a SimpleNamespace, the names given). Numbers must be >= 0, those in
-    positive > 0; choices: {name: accepted values}. --help or -h prints help_text and exits 0."""
+    positive > 0; choices: {name: accepted values} beyond those the flags' comments list (see
+    choices_of). --help or -h prints help_text and exits 0."""
     if '--help' in argv or '-h' in argv:
         print(help_text(namespace))
         sys.exit(0)
-    defaults = {k: v for k, (v, _, _) in flags_of(namespace).items()}
+    table = flags_of(namespace)
+    defaults = {k: v for k, (v, _, _) in table.items()}
+    listed = {k: choices_of(v, comment) for k, (v, _, comment) in table.items()}
+    choices = {**{k: v for k, v in listed.items() if v}, **(choices or {})}
     values, given, args = dict(defaults), set(), list(argv)
     while args:
         arg = args.pop(0)
@@ -70,7 +86,7 @@ def parse(argv, namespace, choices=None, positive=()):
             raise UserError(unknown(arg, key, values))
         if not eq:
             val = next_value(key, values[key], args)
-        values[key] = convert(key, val, defaults[key], (choices or {}).get(key), key in positive)
+        values[key] = convert(key, val, defaults[key], choices.get(key), key in positive)
         given.add(key)
     return SimpleNamespace(**values), given
 

@@ -30,9 +30,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from configurator import UserError
 
-# per-channel mean and std: the CIFAR values of the paper's code; ImageNet's for image folders
-NORMALIZE = {'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-             'folder': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# per-channel mean and std: the CIFAR values of the paper's code; ImageNet's for the others
+CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR = {'cifar10': torchvision.datasets.CIFAR10, 'cifar100': torchvision.datasets.CIFAR100}
 TINY_IMAGENET = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'  # its official address
 LAYOUT = "DATA_DIR/train/<class>/<image>, DATA_DIR/val/<class>/<image> (the same classes in both)"
@@ -58,7 +58,7 @@ def load_dataset(name, data_dir, img_size, device, num_workers=0, memory_gb=None
         xtr, ytr, htr = image_folder(f"{root}/train", train, side, memory_gb, num_workers)
         xte, yte, hte = image_folder(f"{root}/val", val, side, memory_gb, num_workers)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
-                 for v in NORMALIZE['cifar' if name in CIFAR else 'folder'])
+                 for v in DATASETS[name]['mean_std'])
     stored = 'x'.join(map(str, xte.shape[-2:])) if isinstance(xte, torch.Tensor) else 'streamed'
     how = 'resized a batch at a time'
     if name == 'folder' and side < img_size:
@@ -125,7 +125,7 @@ def tiny_imagenet(data_dir):
     """Tiny-ImageNet as distributed (tiny-imagenet-200.zip, fetched into data_dir once): 200
     classes in sorted wnid order, named from words.txt; train/<wnid>/images/*.JPEG, and
     val/images/*.JPEG labelled by val/val_annotations.txt (file, wnid, box)."""
-    root = fetch_tiny_imagenet(data_dir)
+    root = fetch_tiny_imagenet('tinyimagenet', data_dir)
     with open(os.path.join(root, 'wnids.txt')) as f:
         wnids = sorted(f.read().split())
     with open(os.path.join(root, 'words.txt')) as f:
@@ -141,7 +141,7 @@ def tiny_imagenet(data_dir):
     return root, (train, classes), (val, classes)
 
 
-def fetch_tiny_imagenet(data_dir):
+def fetch_tiny_imagenet(name, data_dir):
     """data_dir/tiny-imagenet-200, extracted from its zip (downloaded there first if missing)."""
     root, archive = (os.path.join(data_dir, n) for n in ('tiny-imagenet-200',
                                                           'tiny-imagenet-200.zip'))
@@ -157,6 +157,17 @@ def fetch_tiny_imagenet(data_dir):
                         f"; offline? put tiny-imagenet-200.zip (from {TINY_IMAGENET}) or its "
                         f"extracted tiny-imagenet-200/ into {data_dir}") from None
     return root
+
+
+# the datasets that --dataset names (bridge.py, analysis.py and export.py read this table): how
+# each gets into --data_dir (None: it is the user's own folder), its per-channel mean and std, its
+# classes
+DATASETS = {
+    'cifar10': dict(fetch=fetch_cifar, mean_std=CIFAR_MEAN_STD, classes=10),
+    'cifar100': dict(fetch=fetch_cifar, mean_std=CIFAR_MEAN_STD, classes=100),
+    'tinyimagenet': dict(fetch=fetch_tiny_imagenet, mean_std=IMAGENET_MEAN_STD, classes=200),
+    'folder': dict(fetch=None, mean_std=IMAGENET_MEAN_STD, classes='the folders of DATA_DIR/train'),
+}
 
 
 def common_side(samples, img_size):

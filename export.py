@@ -18,7 +18,7 @@ import torch
 
 from checkpoint import load_run
 from configurator import UserError, run_cli, to_json
-from data import NORMALIZE
+from data import DATASETS
 from model import CONV1D
 
 FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.json',
@@ -57,7 +57,7 @@ def export(net, c, ckpt, src, out, start):
               n_head=mc.n_head, n_embd=mc.n_embd, n_positions=mc.block_size, vocab_size=1,
               activation_function='gelu_new', resid_pdrop=mc.dropout, embd_pdrop=mc.dropout,
               attn_pdrop=mc.dropout, layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0)
-    mean, std = NORMALIZE['cifar' if c.dataset.startswith('cifar') else 'folder']
+    mean, std = DATASETS[c.dataset]['mean_std']
     described = describe(c, ckpt, src, start)
     image_config = dict(img_size=mc.img_size, patch_size=mc.patch_size, n_classes=mc.n_classes,
                         classes=ckpt['data']['classes'], mean=mean, std=std, pooling='last token',

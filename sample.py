@@ -16,7 +16,7 @@ max_new_tokens = 40                     # tokens generated after the prompt in e
 temperature = 0.8                       # < 1: more likely tokens, > 1: more varied ones
 top_k = 200                             # sample among the k likeliest tokens only; 0: all of them
 seed = 1337                             # the sampling's seed
-device = 'cpu'                          # auto | cuda | cpu | mps
+device = 'cpu'                          # auto, cuda, cuda:N, cpu or mps
 
 POSITIVE = ('num_samples', 'max_new_tokens', 'temperature')
 

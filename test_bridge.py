@@ -24,6 +24,7 @@ import bridge
 import checkpoint
 import configurator
 import export
+import harness
 import data
 import model
 import sample
@@ -47,8 +48,7 @@ def relative(a, b):
 # ---------------------------------------------------------------- configurator.py: flags and --help
 def test_flags_both_forms_types_and_defaults():
     c, given = configurator.parse(['--lr', '3e-4', '--batch_size=8', '--reinit_head=false', '--wandb',
-                                   '--freeze', '0-5', '--warmup_epochs', '2', '--compile', 'true'], vars(bridge),
-                                  bridge.CHOICES)
+                                   '--freeze', '0-5', '--warmup_epochs', '2', '--compile', 'true'], vars(bridge))
     assert (c.lr, c.batch_size, c.reinit_head, c.wandb, c.freeze, c.warmup_epochs) == (3e-4, 8, False, True, '0-5', 2.0)
     assert c.compile == 'True'                                             # a choice, in any case
     assert given == {'lr', 'batch_size', 'reinit_head', 'wandb', 'freeze', 'warmup_epochs', 'compile'}
@@ -74,29 +74,12 @@ def test_short_help_exits_zero_in_process(capsys):
     assert e.value.code == 0 and '--freeze' in capsys.readouterr().out
 
 
-def test_readme_flag_list_is_the_help_of_bridge():
+def test_readme_points_to_help_instead_of_a_pasted_copy():
+    """A fork that adds a flag changes one line: the README holds no copy of the flags to paste again."""
     readme = open(os.path.join(HERE, 'README.md')).read()
-    flags = configurator.help_text(vars(bridge)).split('flags (--name value or --name=value):\n')[1]
-    assert flags in readme, 'README.md: paste `python bridge.py --help`\'s flag lines'
-
-
-def test_threads_are_the_cores_other_processes_leave_idle(monkeypatch):
-    snapshots = iter([{'cpu0': (100, 1000), 'cpu1': (50, 1000)},     # (busy, total) ticks since boot
-                      {'cpu0': (195, 1100), 'cpu1': (55, 1100)}])    # cpu0 was 95% busy, cpu1 5%
-    monkeypatch.setattr(configurator, 'cpu_times', lambda: next(snapshots))
-    assert configurator.free_cores(0) == 1
-    monkeypatch.undo()
-    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
-    try:
-        time.sleep(0.5)
-        assert configurator.free_cores() <= max(1, len(os.sched_getaffinity(0)) - 1)  # a real busy core
-    finally:
-        spinner.kill()
-
-
-def test_json_is_always_valid():
-    text = configurator.to_json({'a': float('nan'), 'b': [1.0, float('inf')], 'c': 'x'})
-    assert strict_json(text) == {'a': None, 'b': [1.0, None], 'c': 'x'}
+    assert '`python bridge.py --help`' in readme
+    rows = configurator.help_text(vars(bridge)).split('flags (--name value or --name=value):\n')[1].splitlines()
+    assert not [row for row in rows if row in readme]
 
 
 # ---------------------------------------------------------------- model.py: it is GPT-2
@@ -680,6 +663,66 @@ def test_bridge_then_finetune_hand_off_and_eval_on_the_runs_own_data(folder, tmp
     assert strict_json(capsys.readouterr().out.strip().splitlines()[-1])['dataset'] == 'folder'
 
 
+def test_the_hand_off_keeps_the_bridges_data_and_says_what_it_froze(folder, tmp_path, capsys):
+    """Stage 2 from a bridge on a folder, without --dataset: the folder, not a CIFAR download."""
+    run(folder, tmp_path / 'b', '--max_iters', '4', '--batch_size', '16', '--freeze', '0')
+    capsys.readouterr()
+    args = ['--stage', 'finetune', '--init_from', str(tmp_path / 'b' / 'ckpt.pt'), '--max_iters', '2',
+            '--batch_size', '16', '--device', 'cpu', '--compile', 'False', '--num_workers', '0']
+    bridge.main([*args, '--out_dir', str(tmp_path / 'f')])
+    out = capsys.readouterr().out
+    assert f"its run's --dataset folder and --data_dir {folder} (give the flag for other data)" in out
+    assert 'its bridge stage froze 0; --freeze none now' in out
+    f = torch.load(tmp_path / 'f' / 'ckpt.pt', weights_only=True)
+    assert (f['config']['dataset'], f['config']['data_dir']) == ('folder', folder)
+    assert f['data'] == torch.load(tmp_path / 'b' / 'ckpt.pt', weights_only=True)['data']
+    bridge.main([*args, '--out_dir', str(tmp_path / 'g'), '--freeze', '0', '--data_dir', folder])
+    out = capsys.readouterr().out
+    assert "its run's --dataset folder (give the flag" in out and 'froze 0; kept frozen' in out
+
+
+def test_a_run_made_before_a_new_flag_resumes_with_its_default(folder, tmp_path):
+    """A fork adds one flag line to bridge.py and nothing else: the runs made before resume, and say so;
+    a value other than the default is refused, as any change to a run is."""
+    fork = tmp_path / 'fork'
+    fork.mkdir()
+    for name in os.listdir(HERE):
+        if name.endswith('.py'):
+            shutil.copy(os.path.join(HERE, name), fork / name)
+    args = ['bridge.py', '--dataset', 'folder', '--data_dir', folder, '--out_dir', str(tmp_path / 'r'), *TINY,
+            '--batch_size', '16', '--eval_interval', '2']
+    first = subprocess.run([sys.executable, *args, '--max_iters', '2'], cwd=fork, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    source = (fork / 'bridge.py').read_text()
+    line = "redraw_labels = False          # a fork's new flag: draw new random labels every epoch\n"
+    (fork / 'bridge.py').write_text(source.replace('wandb = False ', line + 'wandb = False ', 1))
+    more = subprocess.run([sys.executable, *args, '--max_iters', '4', '--init_from', 'resume'], cwd=fork,
+                          capture_output=True, text=True)
+    assert more.returncode == 0, more.stderr
+    assert f"{tmp_path / 'r'}/ckpt.pt predates --redraw_labels False: the run resumes with its default" in more.stdout
+    assert 'done: bridge stopped at step 4' in more.stdout
+    changed = subprocess.run([sys.executable, *args, '--max_iters', '6', '--init_from', 'resume', '--redraw_labels'],
+                             cwd=fork, capture_output=True, text=True)
+    assert changed.returncode == 1 and "--redraw_labels True is not the run's False" in changed.stderr
+
+
+def test_choices_come_from_the_flags_own_comment():
+    assert configurator.choices_of('rrc', 'rrc: RandomResizedCrop | crop: pad-4 crop | none') == ('rrc', 'crop', 'none')
+    assert configurator.choices_of('bridge', bridge_comment('stage')) == ('bridge', 'finetune', 'eval')
+    assert configurator.choices_of('auto', 'auto (cuda, else cpu), cuda, cuda:N or cpu') is None    # no ' | '
+    assert configurator.choices_of('x', 'a | b') is None                   # the default is not listed: free text
+    assert configurator.choices_of(3, '3 | 4') is None                     # numbers are typed, not listed
+    with pytest.raises(UserError, match=r"--aug 'rc' is not one of rrc, crop, none; did you mean rrc\?"):
+        configurator.parse(['--aug', 'rc'], vars(bridge))
+    with pytest.raises(UserError, match=r"--dataset 'cifar' is not one of cifar10, cifar100, tinyimagenet, folder"):
+        harness.configure(['--dataset', 'cifar'], vars(bridge))
+    assert tuple(data.DATASETS) == ('cifar10', 'cifar100', 'tinyimagenet', 'folder')
+
+
+def bridge_comment(name):
+    return configurator.flags_of(vars(bridge))[name][2]
+
+
 def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp_path):
     hf = hf_gpt2(n_layer=3, n_head=2, n_embd=32, n_positions=32, vocab_size=50)
     hf.save_pretrained(tmp_path / 'hf')
@@ -700,14 +743,14 @@ def test_pretrained_partial_bridge_keeps_frozen_blocks_bit_identical(folder, tmp
 
 
 def test_short_runs_warm_up_for_a_tenth_and_reach_the_peak(folder, tmp_path, capsys):
-    c = bridge.configure(['--max_iters', '20', '--out_dir', str(tmp_path / 'x'), '--lr', '1e-3'])[0]
+    c = harness.configure(['--max_iters', '20', '--out_dir', str(tmp_path / 'x'), '--lr', '1e-3'], vars(bridge))[0]
     total, warmup = bridge.schedule(c, per_epoch=45.0)           # 5 warmup epochs = 225 steps of a 20-step run
     assert (total, warmup) == (20, 2) and 'more than a tenth' in capsys.readouterr().out
     lrs = [bridge.lr_at(it, c, warmup, total) for it in range(total)]
-    assert max(lrs) == c.lr and lrs[-1] < 0.05 * c.lr           # the peak is reached, the cosine decays
-    c = bridge.configure(['--max_iters', '20', '--warmup_epochs', '1e308', '--out_dir', str(tmp_path / 'z')])[0]
+    c = harness.configure(['--max_iters', '20', '--warmup_epochs', '1e308', '--out_dir', str(tmp_path / 'z')],
+                          vars(bridge))[0]
     assert bridge.schedule(c, per_epoch=45.0) == (20, 2)         # finite, if absurd: capped like any other
-    c = bridge.configure(['--epochs', '400', '--out_dir', str(tmp_path / 'y')])[0]
+    c = harness.configure(['--epochs', '400', '--out_dir', str(tmp_path / 'y')], vars(bridge))[0]
     assert bridge.schedule(c, per_epoch=781.0) == (312400, 3905)  # the paper's run keeps its 5 epochs
     run(folder, tmp_path / 'r', '--max_iters', '10', '--batch_size', '16', '--log_interval', '1', '--lr', '1e-3')
     printed = [float(x) for x in re.findall(r'\| lr ([0-9.e+-]+) \|', capsys.readouterr().out)]
@@ -793,7 +836,8 @@ def test_compile_is_on_for_cuda_only_by_default_and_says_so(folder, tmp_path, ca
                  '--max_iters', '2', '--batch_size', '16'])
     assert '--compile auto: off on cpu, where compiled steps ran slower than eager ones' in capsys.readouterr().out
     assert counters['stats']['unique_graphs'] == 0
-    assert bridge.configure(['--out_dir', str(tmp_path / 'x'), '--compile', 'false'])[0].compile == 'False'
+    c = harness.configure(['--out_dir', str(tmp_path / 'x'), '--compile', 'false'], vars(bridge))[0]
+    assert c.compile == 'False'
 
 
 def test_bf16_autocast_training_learns_and_saves_float32_weights(folder, tmp_path, capsys):
@@ -1069,7 +1113,7 @@ def test_a_stopped_run_exits_130_or_143_even_when_its_job_ignores_sigint(folder,
 def test_a_signal_during_start_up_stops_at_once_and_leaves_no_trace(folder, tmp_path, monkeypatch):
     def interrupted_load(*args):
         signal.raise_signal(signal.SIGINT)
-    monkeypatch.setattr(bridge, 'load_dataset', interrupted_load)
+    monkeypatch.setattr(harness, 'load_dataset', interrupted_load)
     with pytest.raises(configurator.Stopped, match='during start-up: nothing was written'):
         run(folder, tmp_path / 'r', '--max_iters', '2')
     assert not os.path.exists(tmp_path / 'r')
@@ -1518,7 +1562,7 @@ def test_gpu_bridge_run_of_a_gpt2_medium_sized_model_on_cifar_sized_data(tmp_pat
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         return images, torch.randint(0, 10, (n,), generator=g), [f'class{k}' for k in range(10)], f'synthetic{train}'
     monkeypatch.setattr(data, 'cifar', synthetic_cifar)  # load_dataset's
-    monkeypatch.setattr(bridge, 'fetch_cifar', lambda name, data_dir: None)  # nothing to download
+    monkeypatch.setitem(data.DATASETS['cifar10'], 'fetch', None)  # nothing to download
     torch.cuda.reset_peak_memory_stats()
     result = bridge.main(['--init_from', 'scratch', '--model', 'gpt2-medium', '--out_dir', str(tmp_path / 'r'),
                           '--max_iters', '120', '--log_interval', '20', '--eval_interval', '120'])
@@ -1599,8 +1643,10 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
                                                              r'does not know \(rotary\)'),
     ('bridge', [*BASE, '--init_from', '{tmp}/wide_head.pt'], r'wide_head.pt does not fit: size mismatch for '
                                                              r'head.weight'),
-    ('bridge', [*BASE, '--init_from', 'resume', '--out_dir', '{tmp}/flagless'],
-     r'flagless/ckpt.pt has no value for --grad_clip: written by another version of bridge.py'),
+    ('bridge', [*BASE, '--init_from', 'resume', '--out_dir', '{tmp}/flagless', '--grad_clip', '0.5'],
+     r"continues .*flagless as it was: --grad_clip 0.5 is not the run's 1.0"),
+    ('bridge', [*BASE, '--stage', 'eval', '--init_from', '{tmp}/pool_mean.pt'],
+     r'pool_mean.pt: its model_config has fields GPTConfig does not know \(pool\)'),
     ('bridge', [*BASE, '--init_from', '{run}/ckpt.pt', '--patch_size', '8'],
      r'--patch_size 8: .*ckpt.pt was trained with patch_size 4, part of its network'),
     ('bridge', [*BASE, *SCRATCH, '--data_dir', '/no/data'], r'no image folder at /no/data/train'),
@@ -1675,6 +1721,7 @@ def test_user_errors(main, argv, message, folder, bridged, tmp_path_factory):
     torch.save({}, tmp / 'empty.pt')
     good = torch.load(bridged / 'bridge' / 'ckpt.pt', weights_only=True)
     torch.save(dict(good, model_config=dict(good['model_config'], rotary=True)), tmp / 'extra_key.pt')
+    torch.save(dict(good, model_config=dict(good['model_config'], pool='mean')), tmp / 'pool_mean.pt')
     torch.save(dict(good, model=dict(good['model'], **{'head.weight': torch.zeros(4, 65)})), tmp / 'wide_head.pt')
     (tmp / 'flagless').mkdir()
     torch.save(dict(good, config={k: v for k, v in good['config'].items() if k != 'grad_clip'}),
