@@ -48,6 +48,7 @@ device = 'auto'                # auto (cuda, else mps, else cpu), cuda, cuda:N, 
 dtype = 'auto'                 # auto: bf16 on CUDA (fp16 pre-Ampere) | bfloat16 | float16 | float32
 compile = 'auto'               # auto: torch.compile on CUDA only | True | False
 out_dir = 'out/{stage}'        # the run's folder: ckpt.pt, config.json, metrics.jsonl
+auto_resume = False            # resume this command's run in out_dir if any (a requeued job)
 eval_interval = 0              # steps between evaluations + checkpoints; 0: once an epoch
 log_interval = 20              # steps between progress lines (the loop's only host syncs)
 num_workers = cores()          # processes decoding image folders: this process's share of cores

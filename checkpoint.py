@@ -33,7 +33,7 @@ from model import (GPT, OFFICIAL, GPTConfig, architecture, check_keys, export_co
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
 RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
-             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb')
+             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb', 'auto_resume')
 OWN = ('ckpt.pt', 'metrics.jsonl', 'config.json')  # the files a run writes, and the only ones
 LOCK = 'run.lock'  # held (flock) by the run writing into the folder; it holds that process's pid
 HELD = {}          # out_dir -> (the lock's open file, the highest folder this run created or '')
@@ -49,6 +49,7 @@ def open_run(c, given, defaults):
     resuming, ckpt = c.init_from == 'resume', None
     if c.stage != 'eval':
         claim(c.out_dir)
+        resuming = resuming or own_run(c)
     if resuming:
         path = os.path.join(c.out_dir, 'ckpt.pt')
         if not os.path.isfile(path):
@@ -67,6 +68,22 @@ def open_run(c, given, defaults):
     if c.stage != 'eval' and not resuming:
         check_fresh(c.out_dir)
     return c, ckpt, resuming
+
+
+def own_run(c):
+    """--auto_resume: whether out_dir holds this command's run (its stage and init_from), which is
+    then continued exactly as --init_from resume would; with no checkpoint the run starts. Another
+    run's checkpoint is refused by check_fresh, as without the flag."""
+    path = os.path.join(c.out_dir, 'ckpt.pt')
+    if not c.auto_resume or not os.path.exists(path):
+        if c.auto_resume:
+            print(f"--auto_resume: {c.out_dir} holds no checkpoint: starting the run")
+        return False
+    run = read_checkpoint(path)
+    if (run['config']['stage'], run['config']['init_from']) != (c.stage, c.init_from):
+        return False
+    print(f"--auto_resume: {c.out_dir} holds this run at step {run['iter']}: continuing it")
+    return True
 
 
 # ----------------------------------------------------------------- a run owns its folder
@@ -136,6 +153,10 @@ def check_fresh(out_dir):
     """A fresh run goes into a new or empty folder, or one that holds a run of ours without its
     checkpoint; it never replaces a run, and never mixes with files it did not write."""
     old = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.islink(old) and not os.path.exists(old):  # a disk that is not mounted, say
+        raise UserError(f"{old} links to {os.readlink(old)}, which does not exist: a run's "
+                        f"checkpoint out of reach is never replaced; mount it, or use another "
+                        f"--out_dir")
     if os.path.exists(old):  # a run is never replaced
         old = read_checkpoint(old)
         raise UserError(f"{out_dir} holds a {old['config']['stage']} run at step {old['iter']}: "

@@ -91,6 +91,7 @@ class Run:
                          self.c.num_workers)
         if self.env.world > 1 and self.env.rank == 0:
             dist.barrier()
+        same_data_on_every_rank(self.c, self.env, d['fingerprint'])
         checkpoint.check_data(self.c, self.ckpt, self.resuming, d)
         return d
 
@@ -196,8 +197,9 @@ class Run:
               f"{last['test_acc']:.2%} (best {best['test_acc']:.2%}, step {best['iter']}); "
               f"checkpoint {self.c.out_dir}/ckpt.pt")
         if self.stop.signum:
+            how = '' if self.c.auto_resume else ' and --init_from resume'
             print(f"stopped by {signal.Signals(self.stop.signum).name} at step {it}, with a "
-                  f"checkpoint; continue with the same command and --init_from resume")
+                  f"checkpoint; continue with the same command{how}")
             raise Stopped(self.stop.signum, last)
         return last
 
@@ -284,6 +286,21 @@ def fetch(c):
                         '; and '.join(f"({i}) {e}" for i, e in enumerate(failed, 1)))
     if failed:
         raise UserError(failed[0])
+
+
+def same_data_on_every_rank(c, env, fingerprint):
+    """Every process (every node of a multi-node job) must read the same images and labels: one
+    whose copy of the data differs stops the job, on every rank, with one line."""
+    if env.world == 1:
+        return
+    prints = [None] * env.world
+    dist.all_gather_object(prints, fingerprint)
+    differ = [r for r, p in enumerate(prints) if p != prints[0]]
+    if differ:
+        keys = [k for k in prints[0] if prints[differ[0]][k] != prints[0][k]]
+        raise UserError(f"{c.dataset} at {c.data_dir} is not the same data on every process: "
+                        f"rank {differ[0]}'s {', '.join(keys)} differ from rank 0's (every node "
+                        f"needs the same copy)")
 
 
 def out_of_memory(c, env):

@@ -1110,6 +1110,74 @@ def test_a_stopped_run_exits_130_or_143_even_when_its_job_ignores_sigint(folder,
     assert r.returncode == 0 and f'resuming the run in {tmp_path / "term"} at step {step}' in r.stdout, r.stderr
 
 
+def same_command_stopped_and_run_again(launcher, folder, out, max_iters):
+    """A requeued job: the very same command (--auto_resume True), stopped by SIGTERM after its first
+    progress line, then run again -> the two runs' outputs."""
+    argv = [sys.executable, *launcher, 'bridge.py', '--dataset', 'folder', '--data_dir', folder,
+            '--out_dir', str(out), *TINY, '--max_iters', str(max_iters), '--batch_size', '8',
+            '--eval_interval', '50', '--auto_resume', 'True']
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    p = subprocess.Popen(argv, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = [p.stdout.readline()]
+    while not lines[-1].startswith('step '):
+        assert p.poll() is None, p.stderr.read()
+        lines.append(p.stdout.readline())
+    p.send_signal(signal.SIGTERM)
+    first = ''.join(lines) + p.communicate(timeout=300)[0]
+    again = subprocess.run(argv, cwd=HERE, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    return first, again.stdout
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_the_same_command_stopped_by_sigterm_and_run_again_ends_as_an_uninterrupted_run(folder, tmp_path,
+                                                                                        processes):
+    launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'] if processes == 2 else []
+    first, again = same_command_stopped_and_run_again(launcher, folder, tmp_path / 'cut', 60)
+    step = int(re.search(r'stopped by SIGTERM at step (\d+), with a checkpoint', first)[1])
+    assert f"--auto_resume: {tmp_path / 'cut'} holds no checkpoint: starting the run" in first
+    assert f"--auto_resume: {tmp_path / 'cut'} holds this run at step {step}: continuing it" in again
+    whole = subprocess.run([sys.executable, *launcher, 'bridge.py', '--dataset', 'folder', '--data_dir', folder,
+                            '--out_dir', str(tmp_path / 'whole'), *TINY, '--max_iters', '60', '--batch_size', '8',
+                            '--eval_interval', '50'], cwd=HERE, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert whole.returncode == 0, whole.stderr
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('whole', 'cut'))
+    assert a['iter'] == b['iter'] == 60 and b['world'] == processes and 0 < step < 60
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    assert torch.equal(a['optimizer']['state'][0]['exp_avg_sq'], b['optimizer']['state'][0]['exp_avg_sq'])
+
+
+def test_auto_resume_refuses_another_runs_folder_and_a_changed_flag(folder, tmp_path, capsys):
+    run(folder, tmp_path / 'r', '--max_iters', '2', '--batch_size', '16', '--auto_resume', 'True')
+    with pytest.raises(UserError, match=r"r holds a bridge run at step 2: continue it with --init_from resume"):
+        run(folder, tmp_path / 'r', '--max_iters', '2', '--batch_size', '16', '--auto_resume', 'True',
+            '--stage', 'finetune')                                        # another command's run: never replaced
+    with pytest.raises(UserError, match=r"continues .*r as it was: --lr 0.001 is not the run's 0.00025"):
+        run(folder, tmp_path / 'r', '--max_iters', '4', '--batch_size', '16', '--auto_resume', 'True', '--lr', '1e-3')
+    done = run(folder, tmp_path / 'r', '--max_iters', '4', '--batch_size', '16', '--auto_resume', 'True')
+    assert done['iter'] == 4 and 'holds this run at step 2: continuing it' in capsys.readouterr().out
+
+
+def test_a_dangling_ckpt_link_is_a_run_out_of_reach_never_replaced(folder, tmp_path):
+    (tmp_path / 'r').mkdir()
+    os.symlink(tmp_path / 'unmounted' / 'ckpt.pt', tmp_path / 'r' / 'ckpt.pt')
+    (tmp_path / 'r' / 'metrics.jsonl').write_text('{"iter": 7}\n')
+    with pytest.raises(UserError, match=r"r/ckpt.pt links to .*unmounted/ckpt.pt, which does not exist"):
+        run(folder, tmp_path / 'r', '--max_iters', '2')
+    assert os.path.islink(tmp_path / 'r' / 'ckpt.pt')
+    assert (tmp_path / 'r' / 'metrics.jsonl').read_text() == '{"iter": 7}\n'        # the run's history, kept
+
+
+def test_slurm_job_script_is_valid_bash_and_runs_the_same_command():
+    script = open(os.path.join(HERE, 'slurm.sh')).read()
+    assert subprocess.run(['bash', '-n', os.path.join(HERE, 'slurm.sh')]).returncode == 0
+    for needed in ('#SBATCH --requeue', '#SBATCH --signal=B:TERM@', '--auto_resume True', '--rdzv_backend c10d',
+                   'scontrol requeue'):
+        assert needed in script, needed
+
+
 def test_a_signal_during_start_up_stops_at_once_and_leaves_no_trace(folder, tmp_path, monkeypatch):
     def interrupted_load(*args):
         signal.raise_signal(signal.SIGINT)
