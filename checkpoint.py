@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from configurator import UserError, ranks, to_json
-from model import (GPT, OFFICIAL, GPTConfig, architecture, check_keys, export_config,
+from model import (GPT, OFFICIAL, SIZES, GPTConfig, architecture, check_keys, export_config,
                    read_weights)
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
@@ -281,7 +281,7 @@ def handed_on(c, given, sizes, config=None):
     """Stage 1 -> stage 2: the sizes that make the network come from its checkpoint or export (a
     flag may only repeat them); a checkpoint's run (config) also hands on its dataset and data_dir
     unless they are given, and says which blocks it froze and whether they train now."""
-    for k in ('img_size', 'patch_size'):
+    for k in SIZES:
         have = sizes[k]
         if k in given and getattr(c, k) != have:
             raise UserError(f"--{k} {getattr(c, k)}: {c.init_from} was trained with {k} {have}, "
@@ -359,7 +359,7 @@ def init_model(init_from, seed, image, model=None, source=None, new_head=True):
     unless new_head). What the source lacks is drawn from seed. image: GPTConfig's image fields."""
     torch.manual_seed(seed)
     if init_from == 'scratch':
-        return GPT(GPTConfig(**architecture(model), **image))
+        return GPT(GPTConfig(**{**architecture(model), **image}))
     if source is None:
         return GPT.from_pretrained(init_from, keep_head=not new_head, **image)
     net = GPT(GPTConfig(**{**source['model_config'], **image}))
@@ -407,7 +407,7 @@ def start_of(run_dir):
         raise UserError(f"{run_dir} is not a bridge.py run directory: it has no ckpt.pt")
     ckpt = read_checkpoint(path)
     c, mc, start = ckpt['config'], ckpt['model_config'], ckpt['start']
-    image = {k: mc[k] for k in ('vocab_size', 'n_classes', 'img_size', 'patch_size', 'dropout')}
+    image = dict(mc)  # the whole config: what the rebuild's source lacks, it takes from it
     source = read_checkpoint(c['init_from']) if c['init_from'].endswith(('.pt', '.pth')) else None
     net = init_model(c['init_from'], c['seed'], image, c['model'], source, start['new_head'])
     if weights_hash(net) != start['weights']:

@@ -37,6 +37,11 @@ class GPTConfig:
     patch_size: int = 16     # ... cut into (img_size // patch_size)**2 patch tokens
 
 
+# GPTConfig's fields of the image path: part of a network, which a hand-off and an export keep;
+# SIZES are flags of bridge.py too, which a hand-off may only repeat (n_classes follows the data)
+IMAGE_FIELDS = ('n_classes', 'img_size', 'patch_size')
+SIZES = ('img_size', 'patch_size')
+
 # the four checkpoints OpenAI released; a single weights file is recognised by its width
 OFFICIAL = {
     'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),   # 124M
@@ -210,7 +215,7 @@ class GPT(nn.Module):
         sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items()
               if not IGNORED.search(k)}
         fields, image = exported_image(source)
-        for k in ('img_size', 'patch_size'):  # part of an exported network: never changed
+        for k in SIZES:  # part of an exported network: never changed
             if fields and overrides.get(k, fields[k]) != fields[k]:
                 raise UserError(f"{source} was trained with {k} {fields[k]}, part of its network, "
                                 f"not {overrides[k]}")
@@ -403,7 +408,7 @@ def export_config(source):
     try:
         with open(config) as f:
             image = json.load(f)
-        return dict(image, **{k: int(image[k]) for k in ('n_classes', 'img_size', 'patch_size')})
+        return dict(image, **{k: int(image[k]) for k in IMAGE_FIELDS})
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{config} is not an image_config.json of export.py ({e})") from None
 
@@ -414,7 +419,7 @@ def exported_image(source):
     config = export_config(source)
     if config is None:
         return {}, {}
-    fields = {k: config[k] for k in ('n_classes', 'img_size', 'patch_size')}
+    fields = {k: config[k] for k in IMAGE_FIELDS}
     return dict(fields, vocab_size=0), read_weights(os.path.join(source, 'image.safetensors'))
 
 

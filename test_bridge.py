@@ -788,6 +788,39 @@ def ddp_worker(rank, folder, out, port, queue, compiled):
     assert torch.get_num_threads() <= configurator.cores()
 
 
+def test_a_process_whose_copy_of_the_data_differs_stops_the_job_in_one_line(folder, tmp_path):
+    """Several nodes, each with its own copy of --data_dir: one that holds other images stops every rank."""
+    import socket
+    import torch.multiprocessing as mp
+    other = make_folder(tmp_path / 'other', seed=1)                     # same layout, other pixels
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=data_worker, args=(r, [folder, other][r], str(tmp_path / 'ddp'), port, queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    errors = dict(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    for rank in (0, 1):
+        assert re.fullmatch(r"folder at .* is not the same data on every process: rank 1's images differ from "
+                            r"rank 0's \(every node needs the same copy\)", errors[rank]), errors[rank]
+    assert not os.path.exists(tmp_path / 'ddp' / 'ckpt.pt')
+
+
+def data_worker(rank, folder, out, port, queue):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', LOCAL_WORLD_SIZE='2',
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    try:
+        run(folder, out, '--max_iters', '2', '--batch_size', '8')
+        queue.put((rank, 'trained'))
+    except UserError as e:
+        queue.put((rank, str(e)))
+
+
 def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
     """torch.compile changes the speed, not the numbers (dropout off: compiled code draws its own bits)."""
     args = ['--max_iters', '4', '--batch_size', '24', '--eval_interval', '2', '--freeze', '0', '--dropout', '0',
