@@ -74,10 +74,11 @@ def own_run(c):
     """--auto_resume: whether out_dir holds this command's run (its stage and init_from), which is
     then continued exactly as --init_from resume would; with no checkpoint the run starts. Another
     run's checkpoint is refused by check_fresh, as without the flag."""
+    if not c.auto_resume:
+        return False
     path = os.path.join(c.out_dir, 'ckpt.pt')
-    if not c.auto_resume or not os.path.exists(path):
-        if c.auto_resume:
-            print(f"--auto_resume: {c.out_dir} holds no checkpoint: starting the run")
+    if not os.path.exists(path):
+        print(f"--auto_resume: {c.out_dir} holds no checkpoint: starting the run")
         return False
     run = read_checkpoint(path)
     if (run['config']['stage'], run['config']['init_from']) != (c.stage, c.init_from):

@@ -51,7 +51,7 @@ def flags_of(namespace):
 def choices_of(default, comment):
     """The values a string flag accepts, from its comment 'a: what | b (what) | c' when its default
     is one of them; None (any value) otherwise."""
-    listed = [CHOICE.match(part)[1] for part in comment.split(' | ') if CHOICE.match(part)]
+    listed = [m[1] for m in map(CHOICE.match, comment.split(' | ')) if m]
     if isinstance(default, str) and ' | ' in comment and default in listed:
         return tuple(listed)
     return None

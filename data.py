@@ -160,13 +160,12 @@ def fetch_tiny_imagenet(name, data_dir):
 
 
 # the datasets that --dataset names (bridge.py, analysis.py and export.py read this table): how
-# each gets into --data_dir (None: it is the user's own folder), its per-channel mean and std, its
-# classes
+# each gets into --data_dir (None: it is the user's own folder), and its per-channel mean and std
 DATASETS = {
-    'cifar10': dict(fetch=fetch_cifar, mean_std=CIFAR_MEAN_STD, classes=10),
-    'cifar100': dict(fetch=fetch_cifar, mean_std=CIFAR_MEAN_STD, classes=100),
-    'tinyimagenet': dict(fetch=fetch_tiny_imagenet, mean_std=IMAGENET_MEAN_STD, classes=200),
-    'folder': dict(fetch=None, mean_std=IMAGENET_MEAN_STD, classes='the folders of DATA_DIR/train'),
+    'cifar10': dict(fetch=fetch_cifar, mean_std=CIFAR_MEAN_STD),
+    'cifar100': dict(fetch=fetch_cifar, mean_std=CIFAR_MEAN_STD),
+    'tinyimagenet': dict(fetch=fetch_tiny_imagenet, mean_std=IMAGENET_MEAN_STD),
+    'folder': dict(fetch=None, mean_std=IMAGENET_MEAN_STD),
 }
 
 
