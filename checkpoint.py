@@ -1,6 +1,6 @@
 """
 A run's folder (--out_dir) and the rules that keep it honest: what is read from it, what is checked
-against it, and how it is written. bridge.py calls it in a few named places:
+against it, and how it is written. harness.py (bridge.py's run) calls it in a few named places:
 
   c, ckpt, resuming = open_run(c, given, defaults)  # fresh, hand-off or resume: checked first
   check_data(c, ckpt, resuming, d)        # a resume trains on exactly its data, eval on its classes

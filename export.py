@@ -13,6 +13,8 @@ needs a wte all the same, so wte is a 1 x n_embd row of zeros, a placeholder tha
 `GPT.from_pretrained(DIR)` and `bridge.py --init_from DIR` load the export back, bit for bit.
 """
 import os
+import shutil
+import tempfile
 
 import torch
 
@@ -28,31 +30,56 @@ FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.
 def main(argv):
     if '-h' in argv or '--help' in argv:
         return print(__doc__.strip())
-    if len(argv) != 2 or argv[0].startswith('-'):
-        raise UserError("usage: python export.py CKPT_OR_RUN_DIR OUT_DIR (see --help)")
+    if len(argv) != 2 or any(a.startswith('-') for a in argv):
+        raise UserError(f"usage: python export.py CKPT_OR_RUN_DIR OUT_DIR, not "
+                        f"{' '.join(argv) or 'nothing'} (see --help)")
     src, out = argv
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"{out} exists and holds files: export.py writes only into a new or "
                         f"empty folder")
     net, c, ckpt = load_run(src, 'cpu')
     start = os.path.isdir(src)  # a run directory stands for its step 0
-    export(net, c, ckpt, src, out, start)
+    whole(out, lambda folder: export(net, c, ckpt, src, out, start, folder))
     print(f"wrote {', '.join(FILES)} to {out}: GPT2Model.from_pretrained('{out}') loads it")
     return out
 
 
-def export(net, c, ckpt, src, out, start):
-    """The files of an export, from a network of model.py and the run it came from."""
+def whole(out, write):
+    """write(folder) into a new folder beside out, renamed to out once every file is in it: a
+    killed or failed export leaves no half export that would load as a plain GPT-2."""
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
+    except OSError as e:
+        raise UserError(f"cannot write an export into {out}: {e.strerror}") from None
+    mask = os.umask(0)  # mkdtemp's folder is private: the export gets a folder's usual mode
+    os.umask(mask)
+    try:
+        os.chmod(tmp, 0o777 & ~mask)
+        write(tmp)
+        os.replace(tmp, out)  # a new name, or an empty folder's
+    except OSError as e:
+        raise UserError(f"cannot write the export {out}: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export(net, c, ckpt, src, out, start, folder=None):
+    """The files of the export out, from a network of model.py and the run it came from, written
+    into folder (default: out itself)."""
     from safetensors.torch import save_file
     mc, sd = net.config, net.state_dict()
     gpt2 = {k.removeprefix('transformer.'): v.t() if k.endswith(CONV1D) else v
             for k, v in sd.items() if k.startswith('transformer.')}
     gpt2['wte.weight'] = torch.zeros(1, mc.n_embd)  # the placeholder: an image model reads no token
     image = {k: v for k, v in sd.items() if k.startswith(('patch.', 'head.'))}
-    os.makedirs(out, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in gpt2.items()}, os.path.join(out, 'model.safetensors'),
-              metadata={'format': 'pt'})
-    save_file({k: v.contiguous() for k, v in image.items()}, os.path.join(out, 'image.safetensors'))
+    folder = folder or out
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in gpt2.items()},
+              os.path.join(folder, 'model.safetensors'), metadata={'format': 'pt'})
+    save_file({k: v.contiguous() for k, v in image.items()},
+              os.path.join(folder, 'image.safetensors'))
     hf = dict(model_type='gpt2', architectures=['GPT2Model'], n_layer=mc.n_layer,
               n_head=mc.n_head, n_embd=mc.n_embd, n_positions=mc.block_size, vocab_size=1,
               activation_function='gelu_new', resid_pdrop=mc.dropout, embd_pdrop=mc.dropout,
@@ -63,9 +90,9 @@ def export(net, c, ckpt, src, out, start):
                         classes=ckpt['data']['classes'], mean=mean, std=std, pooling='last token',
                         attention='causal', **described)
     for name, content in (('config.json', hf), ('image_config.json', image_config)):
-        with open(os.path.join(out, name), 'w') as f:
+        with open(os.path.join(folder, name), 'w') as f:
             f.write(to_json(content, indent=1) + '\n')
-    with open(os.path.join(out, 'README.md'), 'w') as f:
+    with open(os.path.join(folder, 'README.md'), 'w') as f:
         f.write(model_card(out, image_config, mc))
 
 

@@ -1368,6 +1368,27 @@ def test_export_refuses_a_folder_that_holds_files(bridged, tmp_path):
     assert r.returncode == 1 and r.stderr.startswith('error: usage: python export.py'), r.stderr
 
 
+def test_an_export_is_whole_or_absent_and_a_flag_is_no_folder_name(bridged, tmp_path, monkeypatch):
+    """Killed while writing (here: an interrupt before the model card), an export leaves nothing that
+    --init_from would load as a plain GPT-2; `--out` is a mistake, not a folder's name."""
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export, 'model_card', killed)
+    with pytest.raises(KeyboardInterrupt):
+        export.main([str(bridged / 'bridge' / 'ckpt.pt'), str(tmp_path / 'hf')])
+    assert os.listdir(tmp_path) == []                                     # neither hf/ nor its temporary folder
+    monkeypatch.undo()
+    (tmp_path / 'empty').mkdir()
+    export.main([str(bridged / 'bridge' / 'ckpt.pt'), str(tmp_path / 'empty')])
+    assert sorted(os.listdir(tmp_path / 'empty')) == sorted(export.FILES)  # an empty folder is filled
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(tmp_path / 'empty').st_mode & 0o777 == 0o777 & ~mask   # not mkdtemp's private 0700
+    with pytest.raises(UserError, match=r"usage: python export.py CKPT_OR_RUN_DIR OUT_DIR, not .*ckpt.pt --out"):
+        export.main([str(bridged / 'bridge' / 'ckpt.pt'), '--out'])
+    assert not os.path.exists('--out')
+
+
 # ---------------------------------------------------------------- analysis.py: the paper's figures
 def assert_png_and_json(prefix):
     with Image.open(f'{prefix}.png') as im:
