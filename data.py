@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+import signal
 import stat
 import time
 import urllib.error
@@ -197,7 +198,7 @@ def image_folder(root, samples, side, memory_gb, num_workers):
           f"{'streamed, so checked now and decoded again each epoch' if stream else 'kept'}, "
           f"budget {memory_gb:.1f} GB)")
     loader = DataLoader(Images(samples, side, keep=not stream, check=True), batch_size=256,
-                        num_workers=num_workers)
+                        num_workers=num_workers, worker_init_fn=leave_signals_to_the_main_process)
     images, whys, digests, start, shown = [], [], [], time.time(), time.time()
     for x, why, digest in loader:  # each batch: (pixels, why unreadable or '', sha256 of the file)
         images.append(x)
@@ -264,6 +265,13 @@ def images_under(top):
                                 f"remove it from the dataset")
             found.append(path)
     return found
+
+
+def leave_signals_to_the_main_process(worker_id):
+    """A decoding worker ignores Ctrl-C (the terminal sends it to every process of the job) and dies
+    quietly on SIGTERM: it inherited bridge.py's handler, but the stop is the main process's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Images(torch.utils.data.Dataset):
@@ -340,7 +348,8 @@ def batches(images, labels, order, num_workers=0):
         return
     # a folder too large for memory: workers decode, pinned memory copies asynchronously
     loader = DataLoader(images, batch_sampler=[i.tolist() for i in order], num_workers=num_workers,
-                        pin_memory=device.type == 'cuda')
+                        pin_memory=device.type == 'cuda',
+                        worker_init_fn=leave_signals_to_the_main_process)
     for (x, why, _), idx, cpu_idx in zip(loader, on_device, order):
         bad = [(i, w) for i, w in zip(cpu_idx.tolist(), why) if w]
         if bad:  # changed since it was checked at start-up

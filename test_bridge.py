@@ -82,6 +82,28 @@ def test_readme_points_to_help_instead_of_a_pasted_copy():
     assert not [row for row in rows if row in readme]
 
 
+class SignalsSeen(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return str(signal.getsignal(signal.SIGINT)), str(signal.getsignal(signal.SIGTERM))
+
+
+def test_decoding_workers_leave_ctrl_c_to_the_main_process():
+    def handler(signum, frame):
+        raise configurator.Stopped(signum)
+    before = signal.signal(signal.SIGINT, handler)                       # bridge.py's, which workers inherit
+    try:
+        loader = torch.utils.data.DataLoader(SignalsSeen(), num_workers=1, batch_size=None,
+                                             worker_init_fn=data.leave_signals_to_the_main_process)
+        assert list(next(iter(loader))) == [str(signal.SIG_IGN), str(signal.SIG_DFL)]
+    finally:
+        signal.signal(signal.SIGINT, before)
+    source = open(os.path.join(HERE, 'data.py')).read()
+    assert source.count('DataLoader(') == source.count('worker_init_fn=leave_signals_to_the_main_process')
+
+
 # ---------------------------------------------------------------- model.py: it is GPT-2
 def test_logits_match_transformers_safetensors_dir(hf_dir):
     hf, path = hf_dir
