@@ -249,15 +249,26 @@ def autocast_dtype(name, device, on_cuda='bfloat16'):
     return torch.float32 if name == 'auto' else getattr(torch, name)
 
 
+def speaks():
+    """Whether this process prints a run's errors: rank 0 of a torchrun job (the others would say
+    the same), or any process whose torchrun variables make no job (RANK=1 alone, say)."""
+    try:
+        rank, world = int(os.environ.get('RANK') or 0), int(os.environ.get('WORLD_SIZE') or 1)
+    except ValueError:
+        return True
+    job = 0 <= rank < world and os.environ.get('MASTER_ADDR') and os.environ.get('MASTER_PORT')
+    return rank == 0 or not job
+
+
 def run_cli(main):
     """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1
-    (under torchrun, from rank 0 only: the others exit quietly); a stop by a signal exits with
-    128 + its number."""
+    (under torchrun, from rank 0 only: the others exit quietly; see speaks); a stop by a signal
+    exits with 128 + its number."""
     try:
         main(sys.argv[1:])
     except UserError as e:
-        sys.exit(f"error: {e}" if os.environ.get('RANK', '0') == '0' else 1)
+        sys.exit(f"error: {e}" if speaks() else 1)
     except Stopped as e:
-        if e.why and os.environ.get('RANK', '0') == '0':
+        if e.why and speaks():
             print(f"stopped by {signal.Signals(e.signum).name} {e.why}", file=sys.stderr)
         sys.exit(128 + e.signum)

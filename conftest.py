@@ -83,10 +83,10 @@ def metrics(out):
     return [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
 
 
-def cli(*argv, timeout=300):
+def cli(*argv, timeout=300, env=None):
     """A script of the project run as a user runs it -> CompletedProcess (text)."""
     return subprocess.run([sys.executable, *argv], cwd=HERE, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope='session')

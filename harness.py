@@ -70,6 +70,10 @@ class Run:
         self.close()
         if isinstance(error, torch.OutOfMemoryError):  # CUDA's (or MPS's), a step or an eval
             raise UserError(out_of_memory(self.c, self.env)) from None
+        if self.env.world > 1 and isinstance(error, RuntimeError) and 'by peer' in str(error):
+            # a collective failed because another rank stopped: that rank said why, this one
+            # ends quietly (exit 1) instead of burying its line under a traceback
+            raise UserError(f"rank {self.env.rank}: another process stopped") from None
 
     def close(self):
         """The run folder's lock goes; in-process callers get their signal handlers and stdout

@@ -843,6 +843,24 @@ def data_worker(rank, folder, out, port, queue):
         queue.put((rank, str(e)))
 
 
+def test_under_torchrun_the_rank_that_stops_says_why_and_the_others_end_quietly(tmp_path):
+    """Rank 0 decodes first and finds a broken image; rank 1, waiting for it, ends without a traceback."""
+    root = make_folder(tmp_path / 'img', n_classes=2, n_train=8, n_val=4)
+    (tmp_path / 'img' / 'train' / 'class0' / 'broken.png').write_bytes(b'not a png')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        'bridge.py', '--dataset', 'folder', '--data_dir', root, '--out_dir', str(tmp_path / 'r'),
+                        *TINY], cwd=HERE, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode != 0
+    assert re.search(r'^error: .*broken.png', r.stderr, re.M), r.stderr
+    assert '[rank1]' not in r.stderr and 'another process stopped' not in r.stderr, r.stderr
+
+
+def test_a_lone_rank_says_what_is_wrong_with_its_variables():
+    r = cli('bridge.py', '--device', 'cpu', env={**os.environ, 'RANK': '1'})
+    assert r.returncode == 1 and r.stderr.startswith('error: RANK=1 with WORLD_SIZE=1: needs 0 <= RANK < WORLD_SIZE')
+
+
 def test_compiled_run_matches_eager_and_saves_plain_keys(folder, tmp_path):
     """torch.compile changes the speed, not the numbers (dropout off: compiled code draws its own bits)."""
     args = ['--max_iters', '4', '--batch_size', '24', '--eval_interval', '2', '--freeze', '0', '--dropout', '0',
