@@ -31,8 +31,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
-from configurator import (Stopped, UserError, autocast_dtype, flags_of, parse, peak_flops,
-                          pick_device, ranks, set_threads, to_json)
+from configurator import (Stopped, UserError, autocast_dtype, parse, peak_flops, pick_device,
+                          ranks, set_threads, to_json)
 from data import DATASETS, load_dataset
 from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
 
@@ -51,11 +51,11 @@ class Run:
         self.speaking.__enter__()
         try:
             self.c, self.ckpt, self.resuming = configure(argv, flags)
-            self.env = setup(self.c, self.ckpt if self.resuming else None)
+            self.own = self.ckpt if self.resuming else None  # its labels, optimizer, step
+            self.env = setup(self.c, self.own)
         except BaseException:  # a failed start hands back the folder and the signals, too
             self.close()
             raise
-        self.own = self.ckpt if self.resuming else None  # the run's own: labels, optimizer, step
         env = self.env
         print(f"device {env.device}, {str(env.dtype).removeprefix('torch.')}, {env.world} "
               f"process{'es' * (env.world > 1)}, {env.threads} CPU thread{'s' * (env.threads > 1)} "
@@ -215,7 +215,7 @@ def configure(argv, flags):
     ranks()  # torchrun's variables, checked before anything else reads them
     c, given = parse(argv, flags, dict(dataset=tuple(DATASETS)), POSITIVE)
     c.out_dir = c.out_dir.replace('{stage}', c.stage)
-    defaults = {k: v for k, (v, _, _) in flags_of(flags).items()}  # for a run older than a flag
+    defaults = {k: flags[k] for k in vars(c)}  # the flag lines' values: for runs older than one
     c, ckpt, resuming = checkpoint.open_run(c, given, defaults)  # the run folder's rules
     check_flags(c, given, ckpt)
     return c, ckpt, resuming
