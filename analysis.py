@@ -7,6 +7,7 @@ The paper's figures and Theorem 4.1, one subcommand each; each writes OUT.png an
   python analysis.py tsne out/bridge out/bridge/ckpt.pt                          # Fig. 5: t-SNE
   python analysis.py alignment out/bridge out/bridge/ckpt.pt                     # Theorem 4.1
   python analysis.py probe gpt2-medium out/bridge/ckpt.pt scratch               # layer-wise probe
+  python analysis.py compare out/lab/scratch out/lab/gpt2 out/lab/gpt2_bridge ...  # lab.sh's arms
 
 A source is a ckpt.pt written by bridge.py, or a run directory (out/bridge), which stands for the
 weights that run STARTED from: rebuilt as bridge.py built them, and checked against the fingerprint
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 
 import torch
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from checkpoint import init_model, load_run, read_checkpoint
 from configurator import UserError, cores, parse, pick_device, run_cli, to_json
-from data import DATASETS, augment, load_dataset
+from data import DATASETS, augment, balanced_subset, load_dataset, take
 from model import GPT, IGNORED, OFFICIAL, architecture, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
@@ -40,7 +42,7 @@ k_std = 6.0          # outliers, relative: more than k_std std from the mean of 
 grid = 11            # landscape: points per axis; alpha and beta in linspace(-span, span, grid)
 span = 1.0           # landscape: alpha = -1 is the start of training, alpha = 0 its end
 batches = 2          # landscape: batches per loss value
-images = 500         # tsne, alignment: images used, a seeded sample balanced over classes
+images = 0           # a seeded class-balanced sample: tsne, alignment (0: 500); probe (0: all)
 top_k = 8            # alignment: leading eigenvectors compared
 seed = 0             # landscape's direction, t-SNE, samples; probe: new weights, held-out split
 model = 'gpt2-medium'  # probe: the architecture of a `scratch` source (an OpenAI size or LxW)
@@ -48,7 +50,7 @@ img_size = 0         # probe: the image side of sources without one; 0: the firs
 patch_size = 0       # probe: their patch side; 0: the first run's, else 16
 
 CHOICES = dict(dataset=('', *DATASETS))
-POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'images', 'top_k')
+POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'top_k')
 L2 = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # probe: the L2 strengths tried, strongest first
 POOLS = {'last': ('-', 'last token'), 'mean': (':', 'mean over tokens')}  # probe: line, name
 
@@ -75,6 +77,11 @@ def out_prefix(f, name):
         raise UserError(f"--out {prefix}: cannot create its folder ({e.strerror})") from None
     if os.path.isdir(prefix + '.png') or os.path.isdir(prefix + '.json'):
         raise UserError(f"--out {prefix}: {prefix}.png or .json is a folder")
+    try:  # a read-only mount: known now, not after the work
+        with tempfile.TemporaryFile(dir=os.path.dirname(prefix) or '.'):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {prefix}: cannot write into its folder ({e.strerror})") from None
     return prefix
 
 
@@ -112,21 +119,8 @@ def images_for(net, d, split, n, seed):
     x, y = d[split][0], d[split][1]
     if not isinstance(x, torch.Tensor):
         raise UserError("analysis.py needs the images in memory: this dataset is too large")
-    idx = stratified(y, n, seed).to(y.device)
+    idx = balanced_subset(y, n, seed).to(y.device)
     return augment(x[idx], 'eval', net.config.img_size, d['mean'], d['std']), y[idx], idx
-
-
-def stratified(y, n, seed):
-    """n indices into labels y, ascending: each class's examples in a seeded order, taken a round
-    at a time (one of every class, then a second of every class...): the classes stay balanced."""
-    g = torch.Generator().manual_seed(seed)
-    y = y.cpu()
-    rank = torch.empty(len(y), dtype=torch.long)  # an example's place in its class's order
-    for k in y.unique():
-        members = (y == k).nonzero().flatten()
-        rank[members[torch.randperm(len(members), generator=g)]] = torch.arange(len(members))
-    order = torch.argsort(rank * (int(y.max()) + 1) + y)  # round by round, classes in order
-    return order[:n].sort().values
 
 
 # ----------------------------------------------------------------------------- Fig. 2: outliers
@@ -249,9 +243,26 @@ def read_metrics(path):
             if not (isinstance(rows[-1], dict) and keys <= rows[-1].keys()):
                 raise UserError(f"{path}, line {i}: not an evaluation of bridge.py (expected "
                                 f"{', '.join(sorted(keys))})")
+            odd = [k for k in sorted(keys) if not is_number(rows[-1][k])]
+            if odd:
+                raise UserError(f"{path}, line {i}: {odd[0]} is {rows[-1][odd[0]]!r}, not a number")
     if not rows:
         raise UserError(f"{path} holds no evaluations yet")
     return rows
+
+
+def is_number(x):
+    """A finite int or float of JSON (not a string, null or true)."""
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def finite(features, what):
+    """features, if every one is finite; else a one-line error (a diverged network's NaNs would
+    fail deep inside L-BFGS or t-SNE)."""
+    if not torch.isfinite(features).all():
+        raise UserError(f"{what}: its features are not finite (NaN or inf weights: a diverged "
+                        f"run?); give a checkpoint of before it diverged")
+    return features
 
 
 def history_of(path):
@@ -385,12 +396,13 @@ def tsne(sources, f):
     for ax, src in zip(axes[0], sources):
         net, c, _ = load_run(src, f.device)
         d = d or run_images(c, f, f.device)
-        if f.images < 2 * len(d['classes']):
-            raise UserError(f"--images {f.images}: t-SNE and the silhouette need at least 2 images "
-                            f"of each of the {len(d['classes'])} classes")
-        x, y, _ = images_for(net, d, f.split, f.images, f.seed)
+        if (f.images or 500) < 2 * len(d['classes']):
+            raise UserError(f"--images {f.images or 500}: t-SNE and the silhouette need at least "
+                            f"2 images of each of the {len(d['classes'])} classes")
+        x, y, _ = images_for(net, d, f.split, f.images or 500, f.seed)
         with torch.no_grad():
             feats = torch.cat([net.features(xb) for xb in x.split(f.batch_size)]).float().cpu()
+        finite(feats, src)
         y = y.cpu()
         centroids = torch.stack([feats[y == k].mean(0) for k in y.unique()])
         intra = (feats - centroids[torch.searchsorted(y.unique(), y)]).norm(dim=1).mean().item()
@@ -419,7 +431,7 @@ def tsne(sources, f):
 def patch_covariance(net, d, f):
     """Sigma_x: covariance of the (3*p*p)-vectors of training patches, as Conv2d sees them
     -> (Sigma_x, its eigenvalues and eigenvectors, largest first)."""
-    x, _, _ = images_for(net, d, 'train', f.images, f.seed)
+    x, _, _ = images_for(net, d, 'train', f.images or 500, f.seed)
     p = net.config.patch_size
     patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2).reshape(-1, 3 * p * p)
     sigma_x = torch.cov(patches.T.double())  # patches: (N*T, 3*p*p)
@@ -487,6 +499,7 @@ def probe(sources, f):
     for i, src in enumerate(sources):
         net, label = probe_net(src, image, f)
         feats = {split: layer_features(net, d, split, f) for split in ('train', 'test')}
+        finite(feats['train']['last'][-1], src)  # NaN weights end in NaN features at ln_f
         names = ['input'] + [f"block {k}" for k in range(net.config.n_layer)] + ['ln_f']
         layers = result['sources'][src] = dict(label=label, layers=[])
         for k, name in enumerate(names):
@@ -526,6 +539,11 @@ def probe_data(sources, f):
     img_size = f.img_size or first.get('img_size', 224)
     patch_size = f.patch_size or first.get('patch_size', 16)
     d = load_dataset(name, data_dir, img_size, f.device, cores())
+    if f.images:  # minutes instead of hours for OpenAI's GPT-2 on a CPU
+        d = take(d, 'train', f.images, f.seed, '--images')
+    if len(d['train'][1]) < 10:  # L-BFGS on 1 example: a std of NaN
+        raise UserError(f"probe: {name} at {data_dir} has {len(d['train'][1])} training images; "
+                        f"it needs at least 10 (a tenth is held out to choose the L2 strength)")
     image = dict(vocab_size=0, n_classes=len(d['classes']), img_size=img_size,
                  patch_size=patch_size, dropout=0.0)
     return dict(d, name=name), image
@@ -635,8 +653,74 @@ def accuracy(w, x, y):
     return ((((x - mean) / std) @ W + b).argmax(1) == y).float().mean().item()
 
 
+# ----------------------------------------------------------------------------- the comparison
+# the paper's gain of bridge -> finetune over random init, in points (second-hand, see README)
+PAPER_GAIN = {'cifar10': 59.7, 'cifar100': 32.8}
+
+
+def compare(sources, f):
+    """The paper's comparison (lab.sh): each arm's final test accuracy and its gain over the first
+    source (the scratch arm), as a table and a bar chart; the paper's reported gain over random
+    init beside them where one is known."""
+    plt = pyplot()
+    rows = arms(sources)
+    base = rows[0]
+    print(f"| arm | what | steps | test accuracy | gain over {base['arm']} |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arm']} | {r['label']} | {r['steps']} | {r['test_acc']:.2%} | "
+              f"{100 * r['gain']:+.1f} points |")
+    paper = PAPER_GAIN.get(base['dataset'])
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 3, 4))
+    ax.bar(range(len(rows)), [100 * r['test_acc'] for r in rows],
+           color=[f"C{i}" for i in range(len(rows))])
+    for i, r in enumerate(rows):
+        ax.text(i, 100 * r['test_acc'] + 1, f"{100 * r['gain']:+.1f}", ha='center', fontsize=8)
+    if paper:
+        ax.axhline(100 * base['test_acc'] + paper, color='0.4', ls='--', lw=1,
+                   label=f"{base['arm']} + {paper} points: the paper's bridge -> finetune gain "
+                         f"over random init ({base['dataset']}, full scale; second-hand)")
+        ax.legend(fontsize=7, loc='lower right')
+    ax.set_xticks(range(len(rows)), [r['arm'] for r in rows], rotation=20, fontsize=8)
+    ax.set(ylabel='test accuracy (%), true labels', ylim=(0, 105),
+           title=f"one fine-tune budget per arm, {base['dataset']}: gain over {base['arm']}")
+    result = dict(arms=rows, baseline=base['arm'], paper_gain_points=paper)
+    save(f, 'compare', fig, result)
+    return result
+
+
+def arm_label(c):
+    """What an arm was: 'gpt2 -> bridge (0-5,wpe frozen) -> finetune', from its config and, for
+    a fine-tune of a bridge run, that run's config.json."""
+    init = c.get('init_from', '?')
+    if not init.endswith(('.pt', '.pth')):
+        start = f"scratch {c.get('model', '')}" if init == 'scratch' else os.path.basename(init)
+        return f"{start} -> {c.get('stage', '?')}"
+    b = read_config(os.path.join(os.path.dirname(init), 'config.json'))
+    frozen = f" ({b['freeze']} frozen)" if b.get('freeze', 'none') != 'none' else ''
+    return f"{arm_label(b)}{frozen} -> {c.get('stage', '?')}"
+
+
+def arms(sources):
+    """Run directories (or metrics.jsonl, ckpt.pt) -> a row each: name, what it was, its steps,
+    its final test accuracy and its gain over the first. Says so when the budgets differ."""
+    rows = []
+    for src in sources:
+        path = os.path.join(src, 'metrics.jsonl') if os.path.isdir(src) else src
+        history, c = history_of(path)
+        rows.append(dict(arm=os.path.basename(src.rstrip('/')), label=arm_label(c),
+                         dataset=c.get('dataset'), steps=history[-1]['iter'],
+                         test_acc=history[-1]['test_acc']))
+    for r in rows:
+        r['gain'] = r['test_acc'] - rows[0]['test_acc']
+    steps = [str(r['steps']) for r in rows]
+    if len(set(steps)) > 1:
+        print(f"the arms ran different numbers of steps ({', '.join(steps)}): not one budget")
+    return rows
+
+
 SUBCOMMANDS = dict(outliers=outliers, curves=curves, landscape=landscape, tsne=tsne,
-                   alignment=alignment, probe=probe)
+                   alignment=alignment, probe=probe, compare=compare)
 
 
 def main(argv):

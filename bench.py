@@ -27,9 +27,9 @@ img_size = 224           # image side
 patch_size = 16          # patch side: (img_size / patch_size)^2 tokens
 batch_size = 64          # images per step
 dropout = 0.1            # as in training (GPT-2's and the paper's code)
-dtype = 'auto'           # ours: auto (bfloat16 on CUDA, float32 elsewhere) | bfloat16 | float16
+dtype = 'auto'           # ours: auto (bfloat16 on CUDA and bf16 CPUs, else float32) | bfloat16
 compile = True           # ours: torch.compile
-hf_dtype = 'auto'        # transformers: auto (CUDA: float16 + GradScaler, as the paper's code)
+hf_dtype = 'auto'        # transformers: auto (CUDA: float16 + GradScaler as the paper's; CPU: fp32)
 hf_compile = False       # transformers: torch.compile (the paper's code and FPT run eager)
 device = 'auto'          # auto, cuda, cuda:N, cpu or mps
 steps = 20               # timed steps per model, in `rounds` alternating blocks
@@ -96,10 +96,10 @@ def build(c, device):
     torch.manual_seed(c.seed)
     ours, theirs = GPT(cfg).to(device), HFImageGPT2(cfg).to(device)
     ours_dt = autocast_dtype(c.dtype, device)
-    hf_dt = autocast_dtype(c.hf_dtype, device, on_cuda='float16')
+    hf_dt = autocast_dtype(c.hf_dtype, device, on_cuda='float16', on_cpu='float32')
     hf_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.05,
                                fused=device.type == 'cuda')
-    ours_opt = ours.configure_optimizers(0.05, 1e-4, (0.9, 0.999), device.type)
+    ours_opt = ours.configure_optimizers(0.05, 1e-4, (0.9, 0.999))
     ours_net = torch.compile(ours) if c.compile else ours
     hf_net = torch.compile(theirs) if c.hf_compile else theirs
     steps = {'ours': trainer(ours_net, ours_opt, ours_dt, device),
@@ -107,7 +107,20 @@ def build(c, device):
     print(f"{cfg.n_layer} layers x {cfg.n_embd} wide, {ours.n_patches} tokens an image, batch "
           f"{c.batch_size}, {device}; ours {ours_dt} compile={c.compile}, transformers "
           f"{transformers.__version__} {hf_dt} compile={c.hf_compile}")
-    return steps, ours
+    return steps, ours, {'ours': ours_dt, 'hf': hf_dt}
+
+
+def matmul_rate(dtype, n=1024, repeats=5):
+    """FLOP/s of this CPU's n x n matmul at dtype on the threads in use, the best of repeats (so
+    that the share of it a model reaches is not flattered by a slow moment)."""
+    a, b = (torch.randn(n, n, generator=torch.Generator().manual_seed(k)).to(dtype) for k in (0, 1))
+    a @ b  # the first call sets up the kernel
+    best = float('inf')
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
 
 
 def time_models(c, device, steps):
@@ -158,7 +171,7 @@ def time_augment(c, device):
 def time_stream(c, device):
     """--stream: the streaming path of bridge.py (DataLoader workers decode and resize, the batch is
     copied to the device) over steps batches, after one untimed batch -> JSON result."""
-    samples, _ = scan(c.stream)
+    samples, _ = scan(c.stream, layout="--stream FOLDER/<class>/<image>")
     if len(samples) < (c.steps + 1) * c.batch_size:
         raise UserError(f"--stream {c.stream}: {len(samples)} images, fewer than (steps + 1) x "
                         f"batch_size = {(c.steps + 1) * c.batch_size}")
@@ -191,12 +204,16 @@ def main(argv):
         result = time_stream(c, device)
         print(to_json(result))
         return result
-    steps, ours = build(c, device)
+    steps, ours, dtypes = build(c, device)
     img_s, memory = time_models(c, device, steps)
     print(f"timing the data pipeline: {c.steps} augmented batches")
     data_img_s = time_augment(c, device)
-    peak = peak_flops(device)
-    mfu = {k: v * ours.flops_per_image() / peak if peak else None for k, v in img_s.items()}
+    peaks = {name: peak_flops(device) for name in steps}  # a GPU's datasheet bf16 peak
+    if device.type == 'cpu':  # a CPU's own matmul, at the dtype each model multiplies in
+        peaks = {name: matmul_rate(dt) for name, dt in dtypes.items()}
+        print("matmul rate of this CPU: " + ', '.join(f"{name} ({str(dtypes[name])[6:]}) "
+              f"{peaks[name] / 1e9:.0f} GFLOP/s" for name in steps) + " (the MFU column's 100%)")
+    mfu = {k: v * ours.flops_per_image() / peaks[k] if peaks[k] else None for k, v in img_s.items()}
     print(f"{'':8}{'img/s':>10}{'ms/step':>10}{'peak MB':>10}{'MFU':>8}")
     for name in steps:
         mb = '-' if memory[name] is None else f"{memory[name]:.0f}"

@@ -4,6 +4,7 @@ Random-label bridge training, then fine-tuning: the two stages of Luo & Shen (TM
   python bridge.py --stage bridge --freeze 0-5                        # 1: random labels
   python bridge.py --stage finetune --init_from out/bridge/ckpt.pt    # 2: the true labels
   python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # a checkpoint's accuracy
+  python bridge.py config/bridge_p5.py --epochs 100                   # an experiment's file, flags
   torchrun --standalone --nproc_per_node=8 bridge.py ...              # several GPUs (DDP)
 
 This file is the method; harness.py keeps the run's life (its folder and lock, signals, progress,
@@ -27,6 +28,8 @@ freeze = 'none'                # kept at their loaded values: 0-5 = the first fi
 reinit_head = False            # a new classifier on a ckpt.pt (always when its classes differ)
 dataset = 'cifar10'            # data.DATASETS: cifar10, cifar100, tinyimagenet, folder (DATA_DIR)
 data_dir = 'data'              # datasets live here; CIFAR is downloaded into it once
+subset = 0                     # > 0: a seeded, class-balanced subset of this many training images
+test_subset = 0                # > 0: the same of the test split (cheaper evaluations)
 img_size = 224                 # images are resized to this square (the paper: 224, CIFAR upsampled)
 patch_size = 16                # patch side in pixels: (224 / 16)^2 = 196 tokens
 dropout = 0.1                  # GPT-2's dropout, active in the paper's code
@@ -45,14 +48,16 @@ label_smoothing = 0.1          # on the training loss (the paper's code smooths 
 grad_clip = 1.0                # clip the gradients' global norm to this; 0: off
 seed = 0                       # random labels, data order, augmentation, dropout, new weights
 device = 'auto'                # auto (cuda, else mps, else cpu), cuda, cuda:N, mps or cpu
-dtype = 'auto'                 # auto: bf16 on CUDA (fp16 pre-Ampere) | bfloat16 | float16 | float32
+dtype = 'auto'                 # auto: bf16 on CUDA and bf16 CPUs | bfloat16 | float16 | float32
 compile = 'auto'               # auto: torch.compile on CUDA only | True | False
 out_dir = 'out/{stage}'        # the run's folder: ckpt.pt, config.json, metrics.jsonl
 auto_resume = False            # resume this command's run in out_dir if any (a requeued job)
 eval_interval = 0              # steps between evaluations + checkpoints; 0: once an epoch
+ckpt_minutes = 30.0            # and an evaluation + checkpoint at least this often; 0: off
 log_interval = 20              # steps between progress lines (the loop's only host syncs)
 num_workers = cores()          # processes decoding image folders: this process's share of cores
 wandb = False                  # also log to Weights & Biases (project $WANDB_PROJECT, else bridge)
+peer_timeout = 600             # seconds processes started by hand (no torchrun) wait for peers
 
 
 def main(argv):
@@ -68,7 +73,7 @@ def main(argv):
         net.freeze(c.freeze)
         if not any(p.requires_grad for p in net.parameters()):
             raise UserError(f"--freeze {c.freeze} leaves nothing to train")
-        opt = net.configure_optimizers(c.weight_decay, c.lr, (0.9, 0.999), run.env.device.type)
+        opt = net.configure_optimizers(c.weight_decay, c.lr, (0.9, 0.999))
         return train(run, d, net, opt, labels, start)
 
 

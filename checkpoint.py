@@ -33,7 +33,8 @@ from model import (GPT, OFFICIAL, SIZES, GPTConfig, architecture, check_keys, ex
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
 RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',
-             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb', 'auto_resume')
+             'log_interval', 'device', 'dtype', 'compile', 'num_workers', 'wandb', 'auto_resume',
+             'peer_timeout', 'ckpt_minutes')
 OWN = ('ckpt.pt', 'metrics.jsonl', 'config.json')  # the files a run writes, and the only ones
 LOCK = 'run.lock'  # held (flock) by the run writing into the folder; it holds that process's pid
 HELD = {}          # out_dir -> (the lock's open file, the highest folder this run created or '')
@@ -145,6 +146,9 @@ def remove_stale_writes(out_dir):
     held now. Only these names: a fresh run never deletes a file it did not write."""
     for name in OWN:
         path = os.path.join(out_dir, name + '.tmp')
+        if os.path.isdir(path):  # the first save would fail on it, after the training
+            raise UserError(f"{path} is a folder, not a file of a killed write: the run writes "
+                            f"{name} through that name; move it away")
         if os.path.isfile(path):
             print(f"removing {path} ({os.path.getsize(path) / 1e6:.1f} MB), left by a killed write")
             os.remove(path)

@@ -5,8 +5,11 @@ A flag is a module-level line `name = default  # what it does` in bridge.py, ana
 `--name value` or `--name=value` overrides it with a value of the default's type; `--help` prints
 every flag with its default and its comment, read from the script's own source, so they never drift.
 A string flag whose comment lists its values as `a: what | b: what | c` (its default one of them)
-accepts those values only: the choices live in the flag's own line, nowhere else.
+accepts those values only: the choices live in the flag's own line, nowhere else. A first
+argument config/NAME.py (nanoGPT's config files) is a file of such flag lines, `name = value`,
+checked as flags are; the flags after it override its values.
 """
+import ast
 import difflib
 import json
 import math
@@ -26,7 +29,12 @@ PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16, for
 
 
 class UserError(Exception):
-    """A mistake in what the user asked for (a flag, a file, a spec): one line, exit status 1."""
+    """A mistake in what the user asked for (a flag, a file, a spec): one line, exit status 1.
+    alone: this process's own trouble (its peers never joined), said on any rank."""
+
+    def __init__(self, message, alone=False):
+        super().__init__(message)
+        self.alone = alone
 
 
 class Stopped(BaseException):
@@ -79,6 +87,8 @@ def parse(argv, namespace, choices=None, positive=()):
     listed = {k: choices_of(v, comment) for k, (v, _, comment) in table.items()}
     choices = {**{k: v for k, v in listed.items() if v}, **(choices or {})}
     values, given, args = dict(defaults), set(), list(argv)
+    if args and args[0].endswith('.py') and not args[0].startswith('-'):  # nanoGPT's config/X.py
+        args = config_args(args.pop(0), defaults, choices, positive) + args
     while args:
         arg = args.pop(0)
         key, eq, val = arg.removeprefix('--').partition('=')
@@ -89,6 +99,36 @@ def parse(argv, namespace, choices=None, positive=()):
         values[key] = convert(key, val, defaults[key], choices.get(key), key in positive)
         given.add(key)
     return SimpleNamespace(**values), given
+
+
+def config_args(path, defaults, choices, positive):
+    """A config file (config/NAME.py: flag lines `name = value` and comments, as nanoGPT's) -> its
+    flags as --name=value arguments, each checked as a flag is; flags after it override them."""
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+    except OSError as e:
+        raise UserError(f"config file {path}: {e.strerror}") from None
+    except SyntaxError as e:
+        raise UserError(f"{path}, line {e.lineno}: not Python ({e.msg})") from None
+    args = []
+    for node in tree.body:
+        where = f"{path}, line {node.lineno}"
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if not (isinstance(target, ast.Name) and len(node.targets) == 1):
+            raise UserError(f"{where}: a config file holds flag lines `name = value` only")
+        try:
+            value = ast.literal_eval(node.value)
+            if target.id not in defaults:
+                raise UserError(unknown(target.id, target.id, defaults))
+            convert(target.id, str(value), defaults[target.id], choices.get(target.id),
+                    target.id in positive)
+        except ValueError:
+            raise UserError(f"{where}: {target.id}'s value is not a literal") from None
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        args.append(f"--{target.id}={value}")
+    return args
 
 
 def unknown(arg, key, values):
@@ -239,14 +279,25 @@ def peak_flops(device):
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def autocast_dtype(name, device, on_cuda='bfloat16'):
-    """--dtype -> a torch dtype. 'auto' is on_cuda on CUDA, float32 elsewhere; bfloat16 becomes
-    float16 on GPUs before Ampere."""
+def autocast_dtype(name, device, on_cuda='bfloat16', on_cpu=None):
+    """--dtype -> a torch dtype. 'auto' is on_cuda on CUDA; on a CPU, on_cpu if given, else
+    bfloat16 where the CPU multiplies in it natively (native_bf16), float32 elsewhere; bfloat16
+    becomes float16 on GPUs before Ampere."""
     if name == 'auto' and device.type == 'cuda':
         name = on_cuda
+    if name == 'auto' and device.type == 'cpu':
+        name = on_cpu or ('bfloat16' if native_bf16() else 'float32')
     if name == 'bfloat16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
         name = 'float16'
     return torch.float32 if name == 'auto' else getattr(torch, name)
+
+
+def native_bf16():
+    """Whether this CPU has bfloat16 multiply instructions (AMX or AVX512-BF16), as torch reports
+    them: there a bfloat16 matmul runs 2-10x its float32 one (torch < 2.6 does not say: False)."""
+    ask = getattr(torch.cpu, 'get_capabilities', dict)
+    caps = ask()
+    return bool(caps.get('amx_bf16') or caps.get('avx512_bf16'))
 
 
 def speaks():
@@ -263,12 +314,16 @@ def speaks():
 def run_cli(main):
     """Run main(sys.argv[1:]); a UserError ends the program with one line on stderr and exit 1
     (under torchrun, from rank 0 only: the others exit quietly; see speaks); a stop by a signal
-    exits with 128 + its number."""
+    exits with 128 + its number, Ctrl-C with one line and 130."""
     try:
         main(sys.argv[1:])
     except UserError as e:
-        sys.exit(f"error: {e}" if speaks() else 1)
+        sys.exit(f"error: {e}" if speaks() or e.alone else 1)
     except Stopped as e:
         if e.why and speaks():
             print(f"stopped by {signal.Signals(e.signum).name} {e.why}", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # a side command (export, analysis, sample, bench): one line
+        if speaks():
+            print("stopped by SIGINT (Ctrl-C): nothing more is written", file=sys.stderr)
+        sys.exit(130)

@@ -15,8 +15,10 @@ import io
 import math
 import os
 import re
+import shutil
 import signal
 import stat
+import tempfile
 import time
 import urllib.error
 import zipfile
@@ -127,37 +129,112 @@ def tiny_imagenet(data_dir):
     classes in sorted wnid order, named from words.txt; train/<wnid>/images/*.JPEG, and
     val/images/*.JPEG labelled by val/val_annotations.txt (file, wnid, box)."""
     root = fetch_tiny_imagenet('tinyimagenet', data_dir)
-    with open(os.path.join(root, 'wnids.txt')) as f:
-        wnids = sorted(f.read().split())
-    with open(os.path.join(root, 'words.txt')) as f:
-        words = dict(line.rstrip('\n').split('\t', 1) for line in f if '\t' in line)
-    names = [words.get(w, w) for w in wnids]
-    classes = [n if names.count(n) == 1 else f"{n} ({w})" for n, w in zip(names, wnids)]
-    index = {w: k for k, w in enumerate(wnids)}
-    train = [(os.path.join(root, 'train', w, 'images', f), index[w]) for w in wnids
-             for f in sorted(os.listdir(os.path.join(root, 'train', w, 'images')))]
-    with open(os.path.join(root, 'val', 'val_annotations.txt')) as f:
-        rows = sorted(line.split('\t')[:2] for line in f if line.strip())
-    val = [(os.path.join(root, 'val', 'images', file), index[w]) for file, w in rows]
+    try:
+        wnids, classes = tiny_classes(root)
+        index = {w: k for k, w in enumerate(wnids)}
+        train = [(path, index[w]) for w in wnids for path in tiny_train_images(root, w)]
+        val = tiny_val_images(root, index)
+    except OSError as e:  # unreadable: name the file, not a traceback
+        raise UserError(f"cannot read {e.filename} of Tiny-ImageNet: {e.strerror}") from None
     return root, (train, classes), (val, classes)
 
 
+def tiny_layout(root, what):
+    """The UserError of a Tiny-ImageNet folder that is not in its distributed layout."""
+    return UserError(f"{root}: {what}; expected Tiny-ImageNet as distributed (wnids.txt, "
+                     f"train/<wnid>/images/, val/images/ and val/val_annotations.txt): remove it, "
+                     f"and the next run extracts tiny-imagenet-200.zip again")
+
+
+def tiny_classes(root):
+    """-> (the wnids of wnids.txt, sorted; their class names from words.txt, or the wnids)."""
+    if not os.path.isfile(os.path.join(root, 'wnids.txt')):
+        raise tiny_layout(root, 'no wnids.txt')
+    with open(os.path.join(root, 'wnids.txt')) as f:
+        wnids = sorted(f.read().split())
+    if not wnids:
+        raise tiny_layout(root, 'wnids.txt lists no classes')
+    words = {}
+    if os.path.isfile(os.path.join(root, 'words.txt')):
+        with open(os.path.join(root, 'words.txt')) as f:
+            words = dict(line.rstrip('\n').split('\t', 1) for line in f if '\t' in line)
+    else:
+        print(f"{root}: no words.txt, so the classes are named by their wnids")
+    names = [words.get(w, w) for w in wnids]
+    return wnids, [n if names.count(n) == 1 else f"{n} ({w})" for n, w in zip(names, wnids)]
+
+
+def tiny_train_images(root, wnid):
+    """The training images of one class, train/<wnid>/images/*, sorted (hidden files skipped)."""
+    folder = os.path.join(root, 'train', wnid, 'images')
+    if not os.path.isdir(folder):
+        raise tiny_layout(root, f"class {wnid} of wnids.txt has no folder train/{wnid}/images")
+    files = sorted(f for f in os.listdir(folder) if not f.startswith('.'))
+    if not files:
+        raise tiny_layout(root, f"train/{wnid}/images holds no images")
+    return [os.path.join(folder, f) for f in files]
+
+
+def tiny_val_images(root, index):
+    """The validation images, labelled by val/val_annotations.txt (file, wnid, box; tabs or
+    spaces), sorted by file; each annotated file must be there."""
+    annotations = os.path.join(root, 'val', 'val_annotations.txt')
+    if not os.path.isfile(annotations):
+        raise tiny_layout(root, 'no val/val_annotations.txt')
+    with open(annotations) as f:
+        rows = sorted(line.split()[:2] for line in f if line.strip())
+    val = []
+    for row in rows:
+        if len(row) < 2 or row[1] not in index:
+            raise tiny_layout(root, f"val_annotations.txt: '{' '.join(row)}' does not name an "
+                                    f"image and a wnid of wnids.txt")
+        path = os.path.join(root, 'val', 'images', row[0])
+        if not os.path.isfile(path):
+            raise tiny_layout(root, f"val/images/{row[0]}, named in val_annotations.txt, is not "
+                                    f"there")
+        val.append((path, index[row[1]]))
+    return val
+
+
 def fetch_tiny_imagenet(name, data_dir):
-    """data_dir/tiny-imagenet-200, extracted from its zip (downloaded there first if missing)."""
+    """data_dir/tiny-imagenet-200, extracted from its zip (downloaded there first if missing) into
+    a temporary folder that is renamed once whole. A folder beside its zip must hold every file the
+    zip lists: a stopped extraction of an older version is refused, not trained on."""
     root, archive = (os.path.join(data_dir, n) for n in ('tiny-imagenet-200',
                                                           'tiny-imagenet-200.zip'))
-    if os.path.isfile(os.path.join(root, 'wnids.txt')):
+    if os.path.isdir(root):
+        if os.path.isfile(archive):
+            check_extracted(root, archive)
         return root
     try:
         if not os.path.isfile(archive):
             torchvision.datasets.utils.download_url(TINY_IMAGENET, data_dir)
         print(f"extracting {archive}")
-        torchvision.datasets.utils.extract_archive(archive, data_dir)
+        tmp = tempfile.mkdtemp(prefix='.tiny-imagenet-200.', dir=data_dir)
+        try:
+            torchvision.datasets.utils.extract_archive(archive, tmp)
+            os.rename(os.path.join(tmp, 'tiny-imagenet-200'), root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except (urllib.error.URLError, OSError, RuntimeError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot get tinyimagenet into {data_dir} ({str(e).splitlines()[0][:120]})"
                         f"; offline? put tiny-imagenet-200.zip (from {TINY_IMAGENET}) or its "
                         f"extracted tiny-imagenet-200/ into {data_dir}") from None
     return root
+
+
+def check_extracted(root, archive):
+    """Every file that the zip lists is in root (a stopped extraction leaves a part of them)."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            names = [n for n in z.namelist() if not n.endswith('/')]
+    except (OSError, zipfile.BadZipFile):  # a damaged zip beside a whole folder: the folder counts
+        return
+    top = os.path.dirname(root)
+    missing = [n for n in names if not os.path.exists(os.path.join(top, n))]
+    if missing:
+        raise tiny_layout(root, f"{len(missing)} of the {len(names)} files of "
+                                f"{os.path.basename(archive)} are not in it ({missing[0]}...)")
 
 
 # the datasets that --dataset names (bridge.py, analysis.py and export.py read this table): how
@@ -215,41 +292,62 @@ def image_folder(root, samples, side, memory_gb, num_workers):
                         f"{bad[0]} ({why}){''.join(', ' + p for p in bad[1:3])}"
                         f"{', ...' * (len(bad) > 3)}")
     labels = torch.tensor([k for _, k in samples])
-    images = Images(samples, side) if stream else torch.cat(images)
+    images = Images(samples, side, checked=True) if stream else torch.cat(images)
     # the files' names (relative: the folder may move) and bytes, the same whether kept or streamed
     names = [os.fsencode(os.path.relpath(p, root)) for p, _ in samples]
     content = b''.join(name + b' ' + sha.encode() + b'\n' for name, sha in zip(names, digests))
     return images, labels, hashlib.sha256(content).hexdigest()
 
 
-def scan(root):
+def scan(root, layout=LAYOUT):
     """DATA_DIR/<split>/<class>/**/<image> -> ([(path, class index)], class names), sorted. Hidden
     folders and files (.ipynb_checkpoints, .DS_Store) are not data; links are followed, but not
-    into a folder already walked or up into its own parents (a loop)."""
+    into a folder already walked or up into its own parents (a loop). A file reached twice (through
+    a link) counts once; in two classes it is refused, since it can have one label only."""
     if not os.path.isdir(root):
-        raise UserError(f"no image folder at {root}; expected {LAYOUT}")
-    entries = [e for e in os.scandir(root) if e.is_dir()]
+        raise UserError(f"no image folder at {root}; expected {layout}")
+    try:
+        entries = [e for e in os.scandir(root) if e.is_dir()]
+    except OSError as e:
+        raise unreadable(e) from None
     hidden = sorted(e.name for e in entries if e.name.startswith('.'))
     if hidden:
         print(f"{root}: skipping hidden folder{'s' * (len(hidden) > 1)} {', '.join(hidden)}")
     classes = sorted(e.name for e in entries if not e.name.startswith('.'))
-    samples = []
+    samples, owner = [], {}  # owner: a file's real path -> (the path it was found at, its class)
     for k, name in enumerate(classes):
         found = images_under(os.path.join(root, name))
         if not found:
             raise UserError(f"class folder {root}/{name} holds no images "
                             f"({' '.join(IMG_EXTENSIONS)})")
-        samples += [(path, k) for path in sorted(found)]
+        for path, real in sorted(found):
+            first, label = owner.setdefault(real, (path, k))
+            if label != k:
+                raise UserError(f"{path} and {first} are one file (through a link), in the classes "
+                                f"{name} and {classes[label]}: a file can have one label only")
+            if first == path:
+                samples.append((path, k))
     if not samples:
-        raise UserError(f"{root} holds no class folders; expected {LAYOUT}")
+        raise UserError(f"{root} holds no class folders; expected {layout}")
     return samples, classes
 
 
+def unreadable(e):
+    """The UserError of a folder of a dataset that cannot be listed (its images would be missed)."""
+    return UserError(f"cannot read the folder {e.filename}: {e.strerror} (every folder of a "
+                     f"dataset must be readable, or its images would be left out)")
+
+
+def raise_error(e):
+    """os.walk's onerror: an unreadable folder stops the walk instead of being skipped."""
+    raise unreadable(e)
+
+
 def images_under(top):
-    """The image files below one class folder, each once; a pipe or device named like an image is
-    an error (reading it would wait forever)."""
+    """The image files below one class folder -> [(path, real path)], each folder walked once; a
+    pipe or device named like an image is an error (reading it would wait forever)."""
     real_top, seen, found = os.path.realpath(top), set(), []
-    for folder, subfolders, files in os.walk(top, followlinks=True):
+    for folder, subfolders, files in os.walk(top, onerror=raise_error, followlinks=True):
         subfolders[:] = sorted(s for s in subfolders if not s.startswith('.'))
         real = os.path.realpath(folder)
         if real in seen or real_top.startswith(real + os.sep):
@@ -263,7 +361,8 @@ def images_under(top):
             if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
                 raise UserError(f"{path} is not a regular file (a pipe, socket or device): "
                                 f"remove it from the dataset")
-            found.append(path)
+            linked = os.path.islink(path)  # else its real path is its folder's, one call less
+            found.append((path, os.path.realpath(path) if linked else os.path.join(real, f)))
     return found
 
 
@@ -278,10 +377,12 @@ class Images(torch.utils.data.Dataset):
     """samples[i] -> (uint8 (3, side, side), '', the file's sha256 if check else ''), or (zeros,
     why, '') for a file that cannot be decoded, so that bad files are reported together. check:
     the start-up pass, which hashes every file (the fingerprint); keep=False decodes in full but
-    returns no pixels (that pass over a streamed folder). Training streams with neither."""
+    returns no pixels (that pass over a streamed folder). Training streams with neither; checked:
+    that pass has read every file (a failure later means the file changed)."""
 
-    def __init__(self, samples, side, keep=True, check=False):
+    def __init__(self, samples, side, keep=True, check=False, checked=False):
         self.samples, self.side, self.keep, self.check = samples, side, keep, check
+        self.checked = checked
 
     def __len__(self):
         return len(self.samples)
@@ -304,12 +405,12 @@ def decode(path, side):
     """An image file -> uint8 (3, side, side): its central square, resized. The least work on the
     CPU: a large JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers side, and the resize
     is bilinear (antialiased; 1.3x faster than bicubic at 500x375 -> 224, and the crops on the
-    device are bicubic). 16-bit images keep their top 8 bits (convert('RGB') clips them); float
-    images (TIFF mode F) are read as 0..1."""
+    device are bicubic). 16- and 32-bit images keep their top 8 bits (convert('RGB') clips them);
+    float images (TIFF mode F) are read as 0..1."""
     with Image.open(path) as img:
         img.draft('RGB', (side, side))
-        if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):
-            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+        if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # the top 8 bits of the integers
+            img = Image.fromarray(top_8_bits(img))
         if img.mode == 'F':
             img = Image.fromarray((np.asarray(img).clip(0, 1) * 255).round().astype(np.uint8))
         w, h = img.size
@@ -317,6 +418,20 @@ def decode(path, side):
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
         img = img.convert('RGB').resize((side, side), Image.Resampling.BILINEAR, box=box)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def top_8_bits(img):
+    """A 16- or 32-bit integer image -> uint8 (H, W): its top 8 bits. Pillow reads both 16-bit PNGs
+    and 32-bit TIFFs as mode I; a TIFF says its bits (tag 258) and whether they are signed (tag 339
+    = 2: the sign takes one, and negatives are black; else mode I's int32 holds uint32 bits)."""
+    tags = getattr(img, 'tag_v2', {})
+    bits = tags.get(258, (16,))[0] if img.mode == 'I' else 16
+    signed = tags.get(339, (1,))[0] == 2
+    pixels = np.asarray(img)
+    if img.mode == 'I' and not signed:
+        pixels = pixels.view(np.uint32)
+    pixels = pixels.astype(np.int64).clip(0) >> (bits - 8 - signed)
+    return pixels.clip(0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- the paper's labels
@@ -337,6 +452,36 @@ def random_labels(labels, n_classes, fraction, seed, wrong=False):
     return new
 
 
+def balanced_subset(y, n, seed):
+    """n indices into labels y, ascending: each class's examples in a seeded order, taken a round
+    at a time (one of every class, then a second of every class...): the classes stay balanced."""
+    g = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    rank = torch.empty(len(y), dtype=torch.long)  # an example's place in its class's order
+    for k in y.unique():
+        members = (y == k).nonzero().flatten()
+        rank[members[torch.randperm(len(members), generator=g)]] = torch.arange(len(members))
+    order = torch.argsort(rank * (int(y.max()) + 1) + y)  # round by round, classes in order
+    return order[:n].sort().values
+
+
+def take(d, split, n, seed, flag='--subset'):
+    """The dataset d with a seeded, class-balanced subset of n of the images of one split (--subset,
+    --test_subset, analysis.py --images); the other split stays as it was."""
+    x, y = d[split]
+    if n > len(y):
+        raise UserError(f"{flag} {n}: the {split} split holds {len(y)} images")
+    idx = balanced_subset(y, n, seed)
+    per_class = torch.bincount(y.cpu()[idx], minlength=len(d['classes']))
+    print(f"a seeded, class-balanced subset (seed {seed}): {n} of the {len(y)} {split} images, "
+          f"{int(per_class.min())}-{int(per_class.max())} of each class")
+    if isinstance(x, torch.Tensor):
+        x = x[idx.to(x.device)]
+    else:  # a streamed folder: its samples
+        x = Images([x.samples[i] for i in idx.tolist()], x.side, checked=x.checked)
+    return dict(d, **{split: (x, y[idx.to(y.device)])})
+
+
 # ----------------------------------------------------------------------------- batches
 def batches(images, labels, order, num_workers=0):
     """Yields (uint8 images (B, 3, h, w) on the device, labels (B,)) for each CPU index tensor."""
@@ -352,9 +497,9 @@ def batches(images, labels, order, num_workers=0):
                         worker_init_fn=leave_signals_to_the_main_process)
     for (x, why, _), idx, cpu_idx in zip(loader, on_device, order):
         bad = [(i, w) for i, w in zip(cpu_idx.tolist(), why) if w]
-        if bad:  # changed since it was checked at start-up
-            raise UserError(f"cannot decode {images.samples[bad[0][0]][0]} ({bad[0][1]}): it was "
-                            f"readable when the run started")
+        if bad:
+            since = ': it was readable when the run started' * images.checked
+            raise UserError(f"cannot decode {images.samples[bad[0][0]][0]} ({bad[0][1]}){since}")
         yield x.to(device, non_blocking=True), labels[idx]
 
 

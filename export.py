@@ -21,7 +21,7 @@ import torch
 from checkpoint import load_run
 from configurator import UserError, run_cli, to_json
 from data import DATASETS
-from model import CONV1D
+from model import CONV1D, IMAGE_FIELDS
 
 FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.json',
          'README.md')
@@ -34,14 +34,35 @@ def main(argv):
         raise UserError(f"usage: python export.py CKPT_OR_RUN_DIR OUT_DIR, not "
                         f"{' '.join(argv) or 'nothing'} (see --help)")
     src, out = argv
+    target = where_to_write(out)
+    whole(target, lambda folder: export_run(src, out, folder))
+    print(f"wrote {', '.join(FILES)} to {out}: GPT2Model.from_pretrained('{out}') loads it")
+    return out
+
+
+def where_to_write(out):
+    """The folder an export goes to (a link's target), checked before any work: new or empty."""
+    if not out.strip():
+        raise UserError("OUT_DIR is empty: name the folder to write the export into")
+    if os.path.islink(out) and not os.path.exists(out):
+        raise UserError(f"{out} is a link to {os.readlink(out)}, which does not exist")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"{out} exists and holds files: export.py writes only into a new or "
                         f"empty folder")
+    return os.path.realpath(out)
+
+
+def export_run(src, out, folder):
+    """The export of src (a ckpt.pt or a run directory) into folder; out is the name it will have.
+    Weights that are not finite (a diverged run) are refused, as --stage eval refuses them."""
     net, c, ckpt = load_run(src, 'cpu')
+    bad = [k for k, v in net.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{src} holds weights that are not finite ({', '.join(bad[:2])}"
+                        f"{', ...' * (len(bad) > 2)}): a diverged run; export an earlier "
+                        f"checkpoint")
     start = os.path.isdir(src)  # a run directory stands for its step 0
-    whole(out, lambda folder: export(net, c, ckpt, src, out, start, folder))
-    print(f"wrote {', '.join(FILES)} to {out}: GPT2Model.from_pretrained('{out}') loads it")
-    return out
+    export(net, c, ckpt, src, out, start, folder)
 
 
 def whole(out, write):
@@ -78,8 +99,9 @@ def export(net, c, ckpt, src, out, start, folder=None):
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.contiguous() for k, v in gpt2.items()},
               os.path.join(folder, 'model.safetensors'), metadata={'format': 'pt'})
+    sizes = {k: str(getattr(mc, k)) for k in IMAGE_FIELDS}  # checked against image_config.json
     save_file({k: v.contiguous() for k, v in image.items()},
-              os.path.join(folder, 'image.safetensors'))
+              os.path.join(folder, 'image.safetensors'), metadata=sizes)
     hf = dict(model_type='gpt2', architectures=['GPT2Model'], n_layer=mc.n_layer,
               n_head=mc.n_head, n_embd=mc.n_embd, n_positions=mc.block_size, vocab_size=1,
               activation_function='gelu_new', resid_pdrop=mc.dropout, embd_pdrop=mc.dropout,

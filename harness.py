@@ -21,6 +21,7 @@ import importlib.util
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from datetime import timedelta
@@ -31,9 +32,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
-from configurator import (Stopped, UserError, autocast_dtype, parse, peak_flops, pick_device,
-                          ranks, set_threads, to_json)
-from data import DATASETS, load_dataset
+from configurator import (Stopped, UserError, autocast_dtype, native_bf16, parse, peak_flops,
+                          pick_device, ranks, set_threads, to_json)
+from data import DATASETS, load_dataset, take
 from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
 
 POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
@@ -57,7 +58,7 @@ class Run:
             self.close()
             raise
         env = self.env
-        print(f"device {env.device}, {str(env.dtype).removeprefix('torch.')}, {env.world} "
+        print(f"device {env.device}, {dtype_of(self.c, env)}, {env.world} "
               f"process{'es' * (env.world > 1)}, {env.threads} CPU thread{'s' * (env.threads > 1)} "
               f"each (OMP_NUM_THREADS sets them)")
         if self.own:  # a resume says whether its sums are ordered as its run's were
@@ -93,6 +94,9 @@ class Run:
         fetch(self.c)
         d = load_dataset(self.c.dataset, self.c.data_dir, self.c.img_size, self.env.device,
                          self.c.num_workers)
+        for split, n in (('train', self.c.subset), ('test', self.c.test_subset)):
+            if n:  # the fingerprint stays the whole dataset's; the flags and --seed pick the part
+                d = take(d, split, n, self.c.seed, f"--{'test_' * (split == 'test')}subset")
         if self.env.world > 1 and self.env.rank == 0:
             dist.barrier()
         same_data_on_every_rank(self.c, self.env, d['fingerprint'])
@@ -124,7 +128,10 @@ class Run:
         """The model as the loop runs it: compiled (one graph to train, one to evaluate: every
         batch has the same shape), in DDP."""
         c, env, net = self.c, self.env, raw
-        self.flops_per_image = raw.flops_per_image()  # for MFU
+        self.flops_per_image = raw.flops_per_image()  # for MFU and the cost line
+        trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+        weights = sum(v.numel() * v.element_size() for v in raw.state_dict().values())
+        self.ckpt_bytes = weights + 8 * trainable  # + AdamW's two float32 moments
         on_cuda = env.device.type == 'cuda'
         compiled = str(c.compile) == 'True' or (str(c.compile) == 'auto' and on_cuda)
         if str(c.compile) == 'auto' and compiled:
@@ -156,7 +163,9 @@ class Run:
               f"{c.batch_size * c.grad_accum * env.world} images: lr {c.lr:.2e}, warmup "
               f"{warmup} steps, cosine to {c.min_lr:g}; eval every {self.eval_every} steps "
               f"into {c.out_dir}")
+        print(cost(self, total, c.batch_size * c.grad_accum * env.world))
         self.clock = Clock(self.own['elapsed_s'] if self.own else 0.0, self.flops_per_image, env)
+        self.saved_at = time.time()
         self.stopping, self.stop.steps = False, c.grad_accum
         self.stop.training = True  # a signal is noted from here on, and honoured between steps
 
@@ -170,14 +179,17 @@ class Run:
 
     def log(self, it, lr):
         """A progress line every log_interval steps (the loop's only host syncs), and where the
-        ranks agree whether to stop. -> True when an evaluation and a checkpoint are due."""
+        ranks agree whether to stop, and whether --ckpt_minutes have passed since the last
+        checkpoint. -> True when an evaluation and a checkpoint are due."""
         noted = bool(self.stop.signum) and self.env.world == 1  # no host sync: a Python flag
         due = it % self.eval_every == 0 or it == self.total
         if not (noted or due or it % self.c.log_interval == 0):
             return False
         self.stopping = agree(bool(self.stop.signum), self.env)  # all stop at the same step
+        minutes = (time.time() - self.saved_at) / 60
+        timed = agree(bool(self.c.ckpt_minutes) and minutes >= self.c.ckpt_minutes, self.env)
         progress(self, it, lr)
-        return due or self.stopping
+        return due or self.stopping or timed
 
     def save(self, it, lr, test, state):
         """An evaluation's metrics (test: the test split's), then a checkpoint of state."""
@@ -186,6 +198,7 @@ class Run:
                        train_acc=train_acc, **test)
         metrics['elapsed_s'] = round(time.time() - self.clock.start, 2)
         checkpoint.save(self.c, self.env, metrics, self.history, state)
+        self.saved_at = time.time()  # --ckpt_minutes counts from here
         log_wandb(self.c, self.env, metrics)
 
     def should_stop(self):
@@ -263,7 +276,7 @@ def setup(c, ckpt):
     if device.type == 'cuda' and world > 1:
         device = torch.device('cuda', local)
     if world > 1:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        join(c, 'nccl' if device.type == 'cuda' else 'gloo', rank, world)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -272,6 +285,53 @@ def setup(c, ckpt):
     ctx = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return SimpleNamespace(device=device, dtype=dtype, ctx=ctx, rank=rank, world=world,
                            threads=threads)
+
+
+def dtype_of(c, env):
+    """The autocast dtype, and on a CPU why --dtype auto chose it."""
+    name = str(env.dtype).removeprefix('torch.')
+    if c.dtype != 'auto' or env.device.type != 'cpu':
+        return name
+    if native_bf16():
+        return f"{name} (auto: this CPU multiplies in bfloat16 natively)"
+    return f"{name} (auto: this CPU has no bfloat16 multiply instructions)"
+
+
+def join(c, backend, rank, world):
+    """Into the process group. torchrun's agent started the ranks together; processes started by
+    hand (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) wait for each other here, say for what, and
+    give up after --peer_timeout seconds (torch alone would wait 30 minutes without a word)."""
+    if 'TORCHELASTIC_RUN_ID' in os.environ:
+        return dist.init_process_group(backend)
+    addr, port = os.environ['MASTER_ADDR'], os.environ['MASTER_PORT']
+    print(f"rank {rank} of {world}: waiting for the other {world - 1} at {addr}:{port}, at most "
+          f"{c.peer_timeout} s (--peer_timeout)", file=sys.__stdout__, flush=True)  # every rank
+    deadline = time.monotonic() + c.peer_timeout
+    try:
+        if rank:  # quietly, until rank 0 listens (torch's client logs every failed try)
+            reach(addr, int(port), deadline)
+        wait = timedelta(seconds=max(1.0, deadline - time.monotonic()))
+        store = dist.TCPStore(addr, int(port), world, rank == 0, timeout=wait)
+    except (ValueError, OSError, RuntimeError) as e:  # torch's DistError is a RuntimeError
+        why = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise UserError(f"rank {rank}: the other processes of WORLD_SIZE={world} did not join at "
+                        f"{addr}:{port} within {c.peer_timeout} s ({why}): start all of them "
+                        f"(RANK 0 to {world - 1}) with the same MASTER_ADDR and MASTER_PORT, or "
+                        f"use torchrun", alone=True) from None
+    store.set_timeout(timedelta(minutes=30))  # torch's default, for every collective
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+
+def reach(addr, port, deadline):
+    """Returns once addr:port accepts a connection; an OSError at the deadline."""
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def fetch(c):
@@ -368,6 +428,21 @@ def summed(t, env):
     return loss / n, correct / n, n
 
 
+def cost(run, total, per_step):
+    """The line a run prints before it trains: what it will cost. Its steps and images, its training
+    FLOPs (model.flops_per_image), the size of each checkpoint, and on a GPU whose peak is known
+    (H100, H200, A100) its time at 40% MFU."""
+    flops = total * per_step * run.flops_per_image
+    line = (f"cost: {total:,} steps x {per_step} images = {total * per_step:,} images, {flops:.3g} "
+            f"FLOPs to train ({run.flops_per_image:.3g} an image); each checkpoint "
+            f"{run.ckpt_bytes / 1e6:,.1f} MB (weights and AdamW's moments)")
+    peak = peak_flops(run.env.device)
+    if peak:
+        hours = flops / (0.4 * peak * run.env.world) / 3600
+        line += f"; {hours:.1f} h at 40% MFU on {run.env.world} of this GPU"
+    return line
+
+
 def agree(flag, env):
     """True on every rank when it is True on any."""
     if env.world == 1:
@@ -402,8 +477,9 @@ def progress(run, it, lr):
         checkpoint.diverged(c, it, f"loss {loss}", run.history)
     img_s, mfu = run.clock.speed(n, env.world)
     eta = (run.total - it) * c.batch_size * c.grad_accum * env.world / img_s
+    rate = f"{img_s:.1f}" if img_s < 10 else f"{img_s:.0f}"  # a CPU's 3 img/s, not 0 or 3
     print(f"step {it}/{run.total} (epoch {it / run.per_epoch:.2f}) | loss {loss:.4f} | acc "
-          f"{acc:.1%} | lr {lr:.2e} | {img_s:.0f} img/s{mfu} | eta {timedelta(seconds=round(eta))}")
+          f"{acc:.1%} | lr {lr:.2e} | {rate} img/s{mfu} | eta {timedelta(seconds=round(eta))}")
 
 
 def log_wandb(c, env, metrics):

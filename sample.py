@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import UserError, parse, pick_device, run_cli
-from model import GPT, read_weights
+from model import GPT, export_config, read_weights
 
 start = "Hello, I'm a language model,"  # the prompt (also the second word of the command line)
 num_samples = 2                         # samples drawn
@@ -61,7 +61,15 @@ def language_model(source):
             raise UserError(f"{source} is an image model of bridge.py: it keeps no token embedding "
                             f"(wte), so it has no text to sample; sample from the language model "
                             f"it started from, {weights['config'].get('init_from', '?')}")
-    return GPT.from_pretrained(source).eval()
+    if export_config(source) is not None:
+        raise UserError(f"{source} is an export of an image model (export.py): it keeps no token "
+                        f"embedding, so it has no text to sample; sample from the language model "
+                        f"it started from, {export_config(source).get('init_from', '?')}")
+    model = GPT.from_pretrained(source).eval()
+    if model.config.vocab_size < 256:  # byte-level tokens need 256
+        raise UserError(f"{source} has a vocabulary of {model.config.vocab_size} tokens: sample.py "
+                        f"reads GPT-2's BPE (50257) or bytes (at least 256 tokens)")
+    return model
 
 
 def main(argv):
@@ -83,7 +91,13 @@ def main(argv):
         print(f"a vocabulary of {model.config.vocab_size} is not GPT-2's BPE: byte-level tokens")
         enc = byte_encoding()
     torch.manual_seed(f.seed)
-    idx = torch.tensor([enc.encode(f.start)] * f.num_samples, device=dev)
+    tokens = enc.encode(f.start)
+    if not tokens and enc.name == 'gpt2':
+        print("an empty prompt: sampling from <|endoftext|>, as GPT-2's unconditional samples do")
+        tokens = [enc.eot_token]
+    if not tokens:
+        raise UserError("the prompt is empty: a byte-level model needs at least one character")
+    idx = torch.tensor([tokens] * f.num_samples, device=dev)
     out = generate(model, idx, f.max_new_tokens, f.temperature, f.top_k or None)
     for row in out.tolist():
         print('---\n' + enc.decode([t for t in row if t < enc.n_vocab]))
