@@ -21,6 +21,7 @@ import math
 import os
 import re
 import tempfile
+import textwrap
 import time
 
 import torch
@@ -212,7 +213,7 @@ def outliers(sources, f):
                   density=True, label=name_of(src))
     hist.axvline(torch.tensor(f.threshold).log10().item(), ls='--', color='k', lw=0.8)
     hist.set(yscale='log', xlabel='log10 |w|  (w != 0)', title='distribution of |w|')
-    hist.legend()
+    hist.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize=7)  # off the bars
     for ax in axes[len(sources) + 1:]:
         ax.axis('off')
     save(f, 'outliers', fig, result)
@@ -372,7 +373,8 @@ def draw_landscape(plt, axis, surface, f):
     fig = plt.figure(figsize=(11, 4.2))
     ax = fig.add_subplot(1, 2, 1)
     cs = ax.contourf(axis, axis, surface, levels=30, cmap='RdYlBu_r')
-    fig.colorbar(cs, ax=ax)
+    fig.colorbar(cs, ax=ax, label=f"loss on the {f.split} split")
+    fig.suptitle('loss landscape: L(theta_T + alpha d1 + beta d2), d1 = theta_T - theta_0')
     ax.plot([0], [0], 'k*', ms=10, label='end of training', clip_on=False, zorder=3)
     if -f.span <= -1:  # on the edge when --span is 1: drawn whole, not cut by the axes
         ax.plot([-1], [0], 'ko', ms=6, label='start', clip_on=False, zorder=3)
@@ -418,8 +420,9 @@ def tsne(sources, f):
         cmap = 'tab10' if len(d['classes']) <= 10 else 'tab20'
         dots = ax.scatter(emb[:, 0], emb[:, 1], c=y.numpy(), cmap=cmap, s=5, vmin=0,
                           vmax=max(9, len(d['classes']) - 1))
-        ax.set(xticks=[], yticks=[], title=f"{name_of(src)}\nsilhouette "
-                                           f"{result[src]['silhouette']:.3f}")
+        title = textwrap.fill(name_of(src), 34)  # one panel's width: no title runs into the next
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(f"{title}\nsilhouette {result[src]['silhouette']:.3f}", fontsize=9)
     handles = dots.legend_elements(num=list(y.unique().tolist()))[0]
     axes[0][-1].legend(handles, [d['classes'][k] for k in y.unique()], title='class',
                        loc='center left', bbox_to_anchor=(1.02, 0.5))
@@ -475,7 +478,7 @@ def alignment(sources, f):
                   va='center')
     ax.set(xlabel="k: the top-k eigenvectors of Sigma_x", ylabel='share of the variance in them',
            ylim=(0, 1.02), title='how much of Sigma_w lies along the main axes of Sigma_x')
-    ax.legend()
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.15), fontsize=7)  # below, off the curves
     bars.set(xlim=(0, 1), xlabel='cosine(Sigma_w, Sigma_x), at most 1', title='alignment')
     bars.invert_yaxis()
     save(f, 'alignment', fig, result)
@@ -489,8 +492,7 @@ def probe(sources, f):
     once with the evaluation transform, then a multinomial logistic regression on each, its L2
     strength chosen on a held-out tenth of the training split (DINOv2's log_regression)."""
     plt = pyplot()
-    for src in sources:  # every source is known before any image is read
-        probe_source(src, f)
+    probe_sources(sources, f)  # every source is known before any image is read
     d, image = probe_data(sources, f)
     chance = 1 / len(d['classes'])
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -513,9 +515,12 @@ def probe(sources, f):
             print(f"{label} | {name}: last token {row['last']['test_acc']:.2%} (l2 "
                   f"{row['last']['l2']:g}), mean {row['mean']['test_acc']:.2%} (l2 "
                   f"{row['mean']['l2']:g})")
+        shift = 0.06 * (i - (len(sources) - 1) / 2)  # side by side: equal lines stay visible
         for pool, (style, what) in POOLS.items():
-            ax.plot(range(len(names)), [100 * r[pool]['test_acc'] for r in layers['layers']],
-                    style, marker='.', color=f"C{i}", label=f"{label}, {what}")
+            ax.plot([k + shift for k in range(len(names))],
+                    [100 * r[pool]['test_acc'] for r in layers['layers']], style,
+                    marker='os^Dv'[i % 5], mfc='none', ms=4, color=f"C{i}",
+                    label=f"{label}, {what}")
     ax.axhline(100 * chance, color='0.5', ls='--', lw=1, label=f"chance ({chance:.0%})")
     ax.set(xlabel='layer: 0 = the input of block 0 (patches + wpe), L + 1 = after ln_f',
            ylabel='test accuracy (%), linear probe', ylim=(0, 100),
@@ -563,13 +568,15 @@ def probe_net(src, image, f):
     return net.to(f.device).eval(), f"{f.model} scratch" if src == 'scratch' else src
 
 
-def probe_source(src, f):
-    """A source that probe cannot use is a one-line error, named before any work."""
-    if src == 'scratch':
+def probe_sources(sources, f):
+    """The sources that probe cannot use, all named in one line before any work."""
+    if 'scratch' in sources:
         architecture(f.model)
-    elif not (is_run(src) or src in OFFICIAL or os.path.exists(src)):
-        raise UserError(f"probe: no source '{src}': use a ckpt.pt, a run directory, "
-                        f"{', '.join(OFFICIAL)}, a Hugging Face checkpoint or scratch (--model)")
+    bad = [s for s in sources if s != 'scratch' and s not in OFFICIAL and not os.path.exists(s)]
+    if bad:
+        raise UserError(f"probe: no source {', '.join(repr(s) for s in bad)}: use ckpt.pt files, "
+                        f"run directories, {', '.join(OFFICIAL)}, Hugging Face checkpoints or "
+                        f"scratch (--model)")
 
 
 def is_run(src):

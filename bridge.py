@@ -2,7 +2,7 @@
 Random-label bridge training, then fine-tuning: the two stages of Luo & Shen (TMLR 2026).
 
   python bridge.py --stage bridge --freeze 0-5                        # 1: random labels
-  python bridge.py --stage finetune --init_from out/bridge/ckpt.pt    # 2: the true labels
+  python bridge.py --stage finetune --init_from out/bridge/ckpt.pt --epochs 200  # 2: true labels
   python bridge.py --stage eval --init_from out/finetune/ckpt.pt      # a checkpoint's accuracy
   python bridge.py config/bridge_p5.py --epochs 100                   # an experiment's file, flags
   torchrun --standalone --nproc_per_node=8 bridge.py ...              # several GPUs (DDP)

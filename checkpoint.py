@@ -451,7 +451,8 @@ def save(c, env, metrics, history, state):
         write_run(c, ckpt, history)
     history.append(metrics)
     print(f"eval step {metrics['iter']}: train loss {metrics['train_loss']:.4f} acc "
-          f"{metrics['train_acc']:.1%} (on the labels trained on) | test loss "
+          f"{metrics['train_acc']:.1%} (the mean over the steps since the last evaluation, on the "
+          f"labels trained on) | test loss "
           f"{metrics['test_loss']:.4f} acc {metrics['test_acc']:.2%} | saved {c.out_dir}/ckpt.pt")
 
 

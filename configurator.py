@@ -28,6 +28,27 @@ TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16, for MFU
 
 
+def check_torchvision():
+    """torchvision must be built for this torch. A pair installed apart (a CPU torch beside a CUDA
+    torchvision, say) fails on import deep inside torchvision ("operator torchvision::nms does not
+    exist"); here it is one line naming both versions and the fix. Every script imports this
+    module before torchvision."""
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError, AttributeError, OSError) as e:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            found = f"torchvision {version('torchvision')}"
+        except PackageNotFoundError:
+            found = "no torchvision"
+        why = (str(e).splitlines() or [type(e).__name__])[0][:100]
+        sys.exit(f"error: {found} does not work with torch {torch.__version__} ({why}): install "
+                 f"both together in a new virtual environment: pip install -r requirements.txt")
+
+
+check_torchvision()
+
+
 class UserError(Exception):
     """A mistake in what the user asked for (a flag, a file, a spec): one line, exit status 1.
     alone: this process's own trouble (its peers never joined), said on any rank."""

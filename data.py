@@ -10,6 +10,7 @@ batch at a time (as airbench does), and the paper's random labels.
 Folders too large for memory (ImageNet) stream through DataLoader workers instead; either way a
 batch reaches `augment` as uint8 on the device, so every dataset gets the same GPU augmentation.
 """
+import contextlib
 import hashlib
 import io
 import math
@@ -101,11 +102,24 @@ def fetch_cifar(name, data_dir):
     if all(torchvision.datasets.utils.check_integrity(f, md5) for f, md5 in files):
         return cls
     try:
-        torchvision.datasets.utils.download_and_extract_archive(
-            cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
+        with fetching_into(data_dir):
+            torchvision.datasets.utils.download_and_extract_archive(
+                cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise UserError(cannot_get_cifar(name, data_dir, e)) from None
     return cls
+
+
+@contextlib.contextmanager
+def fetching_into(data_dir):
+    """A download into data_dir: a failed one (offline, say) leaves no empty folder it created."""
+    existed = os.path.isdir(data_dir)
+    try:
+        yield
+    except BaseException:
+        if not existed and os.path.isdir(data_dir) and not os.listdir(data_dir):
+            os.rmdir(data_dir)
+        raise
 
 
 def cannot_get_cifar(name, data_dir, e):
@@ -208,7 +222,8 @@ def fetch_tiny_imagenet(name, data_dir):
         return root
     try:
         if not os.path.isfile(archive):
-            torchvision.datasets.utils.download_url(TINY_IMAGENET, data_dir)
+            with fetching_into(data_dir):
+                torchvision.datasets.utils.download_url(TINY_IMAGENET, data_dir)
         print(f"extracting {archive}")
         tmp = tempfile.mkdtemp(prefix='.tiny-imagenet-200.', dir=data_dir)
         try:
@@ -540,10 +555,16 @@ def eval_batches(images, labels, batch_size, rank=0, world=1, num_workers=0):
 
 def augment(images, aug, img_size, mean, std):
     """uint8 (B, 3, h, w) on the device -> normalized float (B, 3, img_size, img_size), one
-    grid_sample per batch. aug: 'rrc' = RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3) + horizontal
-    flip (the paper's code), 'crop' = random crop with 4 pixels of zero padding + flip (the CIFAR
-    classic), 'none'/'eval' = resize only. Each image gets its own affine map from output to input
-    coordinates (both in [-1, 1]): x_in = sx * x_out + tx, y_in = sy * y_out + ty; sx < 0 flips."""
+    grid_sample per augmented batch. aug: 'rrc' = RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3)
+    + horizontal flip (the paper's code), 'crop' = random crop with 4 pixels of zero padding +
+    flip (the CIFAR classic), 'none'/'eval' = resize only, as a standard image processor resizes
+    (bicubic, edges replicated, clipped to [0, 1]: an export's preprocessor_config.json reproduces
+    it). Each augmented image gets its own affine map from output to input coordinates (both in
+    [-1, 1]): x_in = sx * x_out + tx, y_in = sy * y_out + ty; sx < 0 flips."""
+    if aug in ('none', 'eval'):
+        x = F.interpolate(images.float() / 255, size=(img_size, img_size), mode='bicubic',
+                          align_corners=False, antialias=True).clamp(0, 1)
+        return (x - mean) / std
     B, dev = images.size(0), images.device
     theta = torch.zeros(B, 2, 3, device=dev)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
@@ -562,7 +583,7 @@ def augment(images, aug, img_size, mean, std):
         theta[:, 0, 0] = flip
         theta[:, 0, 2] = 2 * shift[:, 0] / images.size(3)
         theta[:, 1, 2] = 2 * shift[:, 1] / images.size(2)
-    elif aug not in ('none', 'eval'):
+    else:
         raise UserError(f"unknown aug '{aug}': use rrc, crop or none")
     x = images.float() / 255
     grid = F.affine_grid(theta, [B, 3, img_size, img_size], align_corners=False)  # (B, S, S, 2)

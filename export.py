@@ -24,7 +24,7 @@ from data import DATASETS
 from model import CONV1D, IMAGE_FIELDS
 
 FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.json',
-         'README.md')
+         'preprocessor_config.json', 'README.md')
 
 
 def main(argv):
@@ -111,7 +111,13 @@ def export(net, c, ckpt, src, out, start, folder=None):
     image_config = dict(img_size=mc.img_size, patch_size=mc.patch_size, n_classes=mc.n_classes,
                         classes=ckpt['data']['classes'], mean=mean, std=std, pooling='last token',
                         attention='causal', **described)
-    for name, content in (('config.json', hf), ('image_config.json', image_config)):
+    # what transformers' image processors load: bridge.py's evaluation transform (a bicubic resize
+    # of the whole image, then the dataset's normalization), so that a standard pipeline feeds it
+    processor = dict(image_processor_type='ViTImageProcessor', do_resize=True, resample=3,
+                     size=dict(height=mc.img_size, width=mc.img_size), do_rescale=True,
+                     rescale_factor=1 / 255, do_normalize=True, image_mean=mean, image_std=std)
+    for name, content in (('config.json', hf), ('image_config.json', image_config),
+                          ('preprocessor_config.json', processor)):
         with open(os.path.join(folder, name), 'w') as f:
             f.write(to_json(content, indent=1) + '\n')
     with open(os.path.join(folder, 'README.md'), 'w') as f:
@@ -132,7 +138,8 @@ def describe(c, ckpt, src, start):
 
 def model_card(out, image, mc):
     """README.md: what the export is, and the transformers code that rebuilds the classifier."""
-    rows = '\n'.join(f"| {k.replace('_', ' ')} | {image[k]} |" for k in (
+    shown = dict(image, test_acc='-' if image['test_acc'] is None else f"{image['test_acc']:.2%}")
+    rows = '\n'.join(f"| {k.replace('_', ' ')} | {shown[k]} |" for k in (
         'exported_from', 'stage', 'init_from', 'frozen', 'dataset', 'step', 'test_acc'))
     return f"""# A bridged GPT-2 image backbone ({mc.n_layer} layers x {mc.n_embd})
 
@@ -150,19 +157,23 @@ Bias: A Strong Foundation for General Vision Tasks* (TMLR 2026).
 - `image.safetensors`: the patch embedding (`patch.weight`, `patch.bias`: a Conv2d with kernel =
   stride = patch) and the classifier (`head.weight`, `head.bias`).
 - `image_config.json`: image and patch size, the class names, the normalization, the pooling.
+- `preprocessor_config.json`: the evaluation transform for transformers' image processors (a
+  bicubic resize of the whole image to {image['img_size']} px square, then the normalization):
+  what the test accuracy above was measured with.
 
 ```python
 import json, torch
 from safetensors.torch import load_file
-from transformers import GPT2Model
+from transformers import AutoImageProcessor, GPT2Model
 
 gpt2 = GPT2Model.from_pretrained('{out}').eval()
+processor = AutoImageProcessor.from_pretrained('{out}')  # resize + normalize, as evaluated
 parts, cfg = load_file('{out}/image.safetensors'), json.load(open('{out}/image_config.json'))
-mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg['mean'], cfg['std']))
 
-def classify(images):  # (B, 3, img_size, img_size), RGB in [0, 1]
-    x = torch.nn.functional.conv2d((images - mean) / std, parts['patch.weight'],
-                                   parts['patch.bias'], stride=cfg['patch_size'])
+def classify(images):  # square PIL images or (B, 3, H, W) uint8 arrays (bridge.py crops the center)
+    pixels = processor(images, return_tensors='pt')['pixel_values']  # (B, 3, img_size, img_size)
+    x = torch.nn.functional.conv2d(pixels, parts['patch.weight'], parts['patch.bias'],
+                                   stride=cfg['patch_size'])
     tokens = x.flatten(2).transpose(1, 2)                        # (B, T, C): patches, row-major
     features = gpt2(inputs_embeds=tokens).last_hidden_state[:, -1]  # sees every patch
     return features @ parts['head.weight'].T + parts['head.bias']  # (B, n_classes) logits

@@ -159,7 +159,7 @@ class Run:
         # running [loss sum, correct, images] on the device: one tensor each, one all-reduce each
         self.since_log = torch.zeros(3, device=env.device)
         self.since_eval = torch.zeros(3, device=env.device)
-        print(f"{total} steps ({per_epoch:.1f} an epoch) of "
+        print(f"{total} step{'s' * (total != 1)} ({per_epoch:.1f} an epoch) of "
               f"{c.batch_size * c.grad_accum * env.world} images: lr {c.lr:.2e}, warmup "
               f"{warmup} steps, cosine to {c.min_lr:g}; eval every {self.eval_every} steps "
               f"into {c.out_dir}")
@@ -210,7 +210,8 @@ class Run:
         stopped by a signal ends in Stopped: exit status 130 (SIGINT) or 143 (SIGTERM), not 0."""
         last, best = self.history[-1], max(self.history, key=lambda m: m['test_acc'])
         took = timedelta(seconds=round(time.time() - self.clock.start))
-        print(f"done: {self.c.stage} stopped at step {it} after {took}; test accuracy "
+        how = 'finished' if it == self.total else 'stopped'
+        print(f"done: {self.c.stage} {how} at step {it} after {took}; test accuracy "
               f"{last['test_acc']:.2%} (best {best['test_acc']:.2%}, step {best['iter']}); "
               f"checkpoint {self.c.out_dir}/ckpt.pt")
         if self.stop.signum:

@@ -469,7 +469,8 @@ def download(name):
             torch.hub.download_url_to_file(url, path, progress=True)  # a temp file, then a rename
         except (urllib.error.URLError, OSError) as e:
             raise UserError(f"could not download {name} from {url} ({e}); offline? download "
-                            f"model.safetensors elsewhere and pass its path instead of '{name}', "
+                            f"model.safetensors elsewhere and give its path instead of '{name}' "
+                            f"(--init_from PATH; analysis.py and sample.py take it as a source), "
                             f"or put it at {path}") from None
     return path
 

@@ -4,6 +4,10 @@ Text from GPT-2, to see that the weights model.py loads are OpenAI's (nanoGPT's 
   python sample.py gpt2 "Hello, I'm a language model,"      # gpt2[-medium|-large|-xl] or a path
   python sample.py gpt2 --num_samples 5 --max_new_tokens 100 --temperature 0.9 --top_k 50
 """
+import hashlib
+import os
+import tempfile
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +23,8 @@ seed = 1337                             # the sampling's seed
 device = 'cpu'                          # auto, cuda, cuda:N, cpu or mps
 
 POSITIVE = ('num_samples', 'max_new_tokens', 'temperature')
+GPT2_BPE = tuple(f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}"
+                 for name in ('vocab.bpe', 'encoder.json'))  # what tiktoken fetches for 'gpt2'
 
 
 def byte_encoding():
@@ -29,15 +35,27 @@ def byte_encoding():
 
 
 def gpt2_encoding():
-    """tiktoken's GPT-2 BPE. It downloads two files once: offline, the error names them."""
+    """tiktoken's GPT-2 BPE. It downloads two files once into its cache: offline, the error says
+    which files, where they are looked for, and how to bring them."""
     import tiktoken
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:
-        raise UserError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): it fetches "
-                        f"vocab.bpe and encoder.json from https://openaipublic.blob.core."
-                        f"windows.net/gpt-2/encodings/main/ once; offline, copy the "
-                        f"TIKTOKEN_CACHE_DIR of a machine that ran this online") from None
+        raise UserError(tiktoken_offline(e)) from None
+
+
+def tiktoken_offline(e):
+    """The line for a GPT-2 encoding that cannot be had: tiktoken keeps each file it downloads in
+    its cache folder ($TIKTOKEN_CACHE_DIR, else <tmp>/data-gym-cache) under the sha1 of its URL."""
+    default = os.path.join(tempfile.gettempdir(), 'data-gym-cache')
+    cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR') or default
+    names = [f"{hashlib.sha1(url.encode()).hexdigest()} ({os.path.basename(url)})"
+             for url in GPT2_BPE]
+    return (f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): offline? tiktoken looks "
+            f"in {cache} for {' and '.join(names)}; on a machine online, run python -c \"import "
+            f"tiktoken; tiktoken.get_encoding('gpt2')\", copy those two files from its cache "
+            f"({default} unless TIKTOKEN_CACHE_DIR is set there) into a folder here, and set "
+            f"TIKTOKEN_CACHE_DIR to that folder")
 
 
 @torch.no_grad()

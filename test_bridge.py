@@ -4,14 +4,16 @@ Sections follow the files: configurator.py, model.py, data.py, bridge.py, checkp
 bench.py; all one-line user errors are one table at the end.
 Run: python -m pytest -q test_bridge.py
 """
+import glob
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -266,7 +268,8 @@ def test_missing_sources_and_offline_download(tmp_path, monkeypatch):
     # no network: a refused connection stands for it, so the test never downloads 500 MB where there is one
     monkeypatch.setattr(model, 'WEIGHTS_URL', 'http://127.0.0.1:9/{name}.safetensors')
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
-    with pytest.raises(UserError, match=r"could not download gpt2 from .*pass its path instead of 'gpt2'"):
+    with pytest.raises(UserError, match=r"could not download gpt2 from .*give its path instead of 'gpt2' \(--init_from "
+                                        r"PATH; analysis.py and sample.py take it as a source\)"):
         GPT.from_pretrained('gpt2')
     assert not os.path.exists(tmp_path / 'hub' / 'gpt2' / 'gpt2.safetensors')  # no half-written cache entry
 
@@ -352,17 +355,6 @@ def test_generate_with_byte_level_encoding(hf_dir):
     ref = hf.generate(idx, max_new_tokens=12, do_sample=False, pad_token_id=0)  # greedy, transformers
     assert out.tolist() == ref.tolist()
     assert 0 <= out.max() < 300
-
-
-def test_offline_tiktoken_names_the_files_to_fetch(monkeypatch):
-    import tiktoken
-
-    def offline(name):
-        raise ConnectionError('no network')
-    monkeypatch.setattr(tiktoken, 'get_encoding', offline)
-    with pytest.raises(UserError, match=r'vocab.bpe and encoder.json from https://.*/gpt-2/encodings/main/ .*'
-                                        r'TIKTOKEN_CACHE_DIR'):
-        sample.gpt2_encoding()
 
 
 def test_sample_cli_samples_from_a_local_dir(hf_dir):
@@ -830,7 +822,7 @@ def test_a_run_made_before_a_new_flag_resumes_with_its_default(folder, tmp_path)
                           capture_output=True, text=True)
     assert more.returncode == 0, more.stderr
     assert f"{tmp_path / 'r'}/ckpt.pt predates --redraw_labels False: the run resumes with its default" in more.stdout
-    assert 'done: bridge stopped at step 4' in more.stdout
+    assert 'done: bridge finished at step 4' in more.stdout
     changed = subprocess.run([sys.executable, *args, '--max_iters', '6', '--init_from', 'resume', '--redraw_labels'],
                              cwd=fork, capture_output=True, text=True)
     assert changed.returncode == 1 and "--redraw_labels True is not the run's False" in changed.stderr
@@ -1004,6 +996,18 @@ def test_a_config_file_is_flag_lines_checked_like_flags_and_later_flags_override
         bridge.main([str(tmp_path / 'none.py')])
     for name in sorted(os.listdir(os.path.join(HERE, 'config'))):  # every shipped file parses as bridge.py's flags
         configurator.config_args(os.path.join(HERE, 'config', name), vars(bridge), {}, ())
+
+
+@pytest.mark.parametrize('script', ['bridge.py', 'analysis.py', 'export.py', 'sample.py', 'bench.py'])
+def test_a_torchvision_built_for_another_torch_is_one_line_from_every_script(tmp_path, script):
+    fake = tmp_path / 'torchvision'  # what a CPU torch beside a CUDA torchvision does on import
+    fake.mkdir()
+    (fake / '__init__.py').write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    r = cli(script, '--help', env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+    assert r.returncode == 1 and r.stdout == '', r.stdout
+    assert re.fullmatch(rf'error: torchvision \S+ does not work with torch {re.escape(torch.__version__)} \(operator '
+                        r'torchvision::nms does not exist\): install both together in a new virtual environment: '
+                        r'pip install -r requirements.txt\n', r.stderr), r.stderr
 
 
 def test_a_lone_rank_says_what_is_wrong_with_its_variables():
@@ -1236,7 +1240,10 @@ def test_a_run_says_what_it_will_cost_before_it_trains(folder, tmp_path, capsys)
     assert float(line[2]) == pytest.approx(flops, rel=0.01)
     n = sum(p.numel() for p in net.parameters())
     assert float(line[3]) == pytest.approx(12 * n / 1e6, abs=0.1)  # 4 bytes of weight + 8 of moments each
-    assert out.index('cost:') < out.index('step 3/3')
+    assert out.index('cost:') < out.index('step 3/3') and 'done: bridge finished at step 3 after' in out
+    assert '(the mean over the steps since the last evaluation, on the labels trained on) | test loss' in out
+    run(folder, tmp_path / 'one', '--max_iters', '1', '--batch_size', '16')
+    assert re.search(r'^1 step \(8.0 an epoch\)', capsys.readouterr().out, re.M)
     size = os.path.getsize(tmp_path / 'r' / 'ckpt.pt')
     assert 12 * n < size < 12 * n + 200_000  # the checkpoint is what it said (+ labels, history, pickling)
 
@@ -1560,7 +1567,7 @@ def test_everything_offline_is_named_at_once_before_any_work(tmp_path, monkeypat
                                         r'and \(2\) cannot get cifar10 into .*data .*offline\? put cifar-10-python'):
         bridge.main(['--stage', 'bridge', '--freeze', '0-5', '--data_dir', str(tmp_path / 'data'), '--out_dir',
                      str(tmp_path / 'out'), '--device', 'cpu'])
-    assert not os.path.exists(tmp_path / 'out')
+    assert not os.path.exists(tmp_path / 'out') and not os.path.exists(tmp_path / 'data')  # no empty data/ left
     only_train = make_folder(tmp_path / 'f', n_classes=2, n_train=4, n_val=1)
     shutil.rmtree(tmp_path / 'f' / 'val')
     capsys.readouterr()
@@ -1601,12 +1608,33 @@ def test_an_export_loads_in_transformers_and_gives_our_features(bridged, tmp_pat
     assert cfg['classes'] == ['class0', 'class1', 'class2', 'class3'] and cfg['stage'] == 'bridge (100% random labels)'
     card = (out / 'README.md').read_text()
     assert 'no token embedding' in card and "GPT2Model.from_pretrained('" + str(out) in card
+    assert re.search(r'^\| test acc \| \d+\.\d\d% \|$', card, re.M), card  # a percentage, not 0.0666666...
     code = {}
     exec(re.search(r'```python\n(.*?)```', card, re.S)[1], code)  # the card's own lines rebuild the classifier
     with torch.no_grad():
-        images = torch.rand(3, 3, 16, 16)
-        torch.testing.assert_close(code['classify'](images), ours((images - code['mean']) / code['std']), atol=1e-5,
-                                   rtol=0)
+        images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg['mean'], cfg['std']))
+        torch.testing.assert_close(code['classify'](list(images.numpy())),
+                                   ours(data.augment(images, 'eval', 16, mean, std)), atol=1e-4, rtol=0)
+
+
+def test_the_exports_processor_reproduces_its_checkpoints_accuracy_on_image_files(digits, tmp_path):
+    """What a vision tower does with the export: the card's code, through the processor file, on the test PNGs."""
+    result = bridge.main(['--stage', 'finetune', '--init_from', 'scratch', '--model', '2x64', '--dataset', 'folder',
+                          '--data_dir', digits, '--img_size', '16', '--patch_size', '4', '--aug', 'none', '--max_iters',
+                          '150', '--lr', '1e-3', '--eval_interval', '150', '--batch_size', '64', '--device', 'cpu',
+                          '--compile', 'False', '--num_workers', '0', '--dtype', 'float32', '--out_dir',
+                          str(tmp_path / 'ft')])
+    export.main([str(tmp_path / 'ft' / 'ckpt.pt'), str(tmp_path / 'hf')])
+    code = {}
+    exec(re.search(r'```python\n(.*?)```', (tmp_path / 'hf' / 'README.md').read_text(), re.S)[1], code)
+    files = sorted(glob.glob(os.path.join(digits, 'val', '*', '*.png')))
+    classes = json.load(open(tmp_path / 'hf' / 'image_config.json'))['classes']
+    truth = torch.tensor([classes.index(os.path.basename(os.path.dirname(f))) for f in files])
+    with torch.no_grad():
+        predicted = code['classify']([Image.open(f).convert('RGB') for f in files]).argmax(1)
+    accuracy = (predicted == truth).float().mean().item()
+    assert 0.3 < result['test_acc'] and abs(accuracy - result['test_acc']) <= 0.005, (accuracy, result['test_acc'])
 
 
 def test_an_export_comes_back_bit_for_bit_and_a_run_directory_exports_its_start(bridged, tmp_path, folder, capsys):
@@ -1951,6 +1979,26 @@ def test_analysis_knows_where_it_writes_before_the_work_and_refuses_what_it_cann
             analysis.main(['curves', str(tmp_path / 'odd'), '--out', str(tmp_path / 'c'), '--device', 'cpu'])
 
 
+def test_the_offline_tokenizer_line_names_the_files_tiktoken_looks_for_and_where(tmp_path, monkeypatch):
+    import tiktoken.load
+    import tiktoken.registry
+    asked = []
+
+    def offline(url):  # what tiktoken fetches, recorded; no network here
+        asked.append(url)
+        raise ConnectionError('no network')
+    monkeypatch.setattr(tiktoken.load, 'read_file', offline)
+    monkeypatch.setattr(tiktoken.registry, 'ENCODINGS', {})
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path / 'cache'))
+    with pytest.raises(UserError) as e:
+        sample.gpt2_encoding()
+    assert asked and all(os.path.basename(u) in ('vocab.bpe', 'encoder.json') for u in asked)
+    for url in asked:  # the names tiktoken gives its cached files: the sha1 of the URL it fetched
+        assert f"{hashlib.sha1(url.encode()).hexdigest()} ({os.path.basename(url)})" in str(e.value)
+    assert f"tiktoken looks in {tmp_path / 'cache'} for" in str(e.value)
+    assert str(e.value).endswith('into a folder here, and set TIKTOKEN_CACHE_DIR to that folder')
+
+
 def test_sample_refuses_an_image_export_a_tiny_vocabulary_and_an_empty_byte_prompt(bridged, tmp_path, hf_dir):
     export.main([str(bridged / 'bridge' / 'ckpt.pt'), str(tmp_path / 'hf')])
     r = cli('sample.py', str(tmp_path / 'hf'))
@@ -2262,7 +2310,8 @@ RESUME = [*BASE, '--init_from', 'resume', '--out_dir', '{run}']
     ('analysis', ['outliers', '/no/model'], r"no model '/no/model'"),
     ('analysis', ['landscape', 'a', 'b', 'c'], r'landscape takes'),
     ('analysis', ['alignment', '/no/ckpt.pt'], r"'/no/ckpt.pt' is neither a ckpt.pt"),
-    ('analysis', ['probe', 'gpt2', '/no/such'], r"probe: no source '/no/such': use a ckpt.pt, a run directory"),
+    ('analysis', ['probe', 'gpt2', '/no/such', '/no/run/ckpt.pt'], r"probe: no source '/no/such', '/no/run/ckpt.pt': "
+                                                                    r"use ckpt.pt files, run directories"),
     ('analysis', ['probe', 'scratch', '--model', '3x200'], r"--model '3x200': use gpt2"),
     ('analysis', ['probe', 'scratch', '--img_size', 'big'], r"--img_size 'big': expected an integer"),
     ('analysis', ['curves', 'x', '--grid', 'big'], r"--grid 'big': expected an integer"),
