@@ -114,6 +114,11 @@ def run_images(c, f, device):
                         c.num_workers)
 
 
+def sample_size(f):
+    """--images for tsne and alignment: 500 unless given (0 is probe's whole training split)."""
+    return f.images or 500
+
+
 def images_for(net, d, split, n, seed):
     """n images of a split, as many of each class as can be (a seeded choice within each class),
     as the model sees them (resized, normalized) -> (images, true labels, their indices)."""
@@ -398,10 +403,10 @@ def tsne(sources, f):
     for ax, src in zip(axes[0], sources):
         net, c, _ = load_run(src, f.device)
         d = d or run_images(c, f, f.device)
-        if (f.images or 500) < 2 * len(d['classes']):
-            raise UserError(f"--images {f.images or 500}: t-SNE and the silhouette need at least "
+        if sample_size(f) < 2 * len(d['classes']):
+            raise UserError(f"--images {sample_size(f)}: t-SNE and the silhouette need at least "
                             f"2 images of each of the {len(d['classes'])} classes")
-        x, y, _ = images_for(net, d, f.split, f.images or 500, f.seed)
+        x, y, _ = images_for(net, d, f.split, sample_size(f), f.seed)
         with torch.no_grad():
             feats = torch.cat([net.features(xb) for xb in x.split(f.batch_size)]).float().cpu()
         finite(feats, src)
@@ -434,7 +439,7 @@ def tsne(sources, f):
 def patch_covariance(net, d, f):
     """Sigma_x: covariance of the (3*p*p)-vectors of training patches, as Conv2d sees them
     -> (Sigma_x, its eigenvalues and eigenvectors, largest first)."""
-    x, _, _ = images_for(net, d, 'train', f.images or 500, f.seed)
+    x, _, _ = images_for(net, d, 'train', sample_size(f), f.seed)
     p = net.config.patch_size
     patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2).reshape(-1, 3 * p * p)
     sigma_x = torch.cov(patches.T.double())  # patches: (N*T, 3*p*p)

@@ -143,6 +143,9 @@ def tiny_imagenet(data_dir):
     classes in sorted wnid order, named from words.txt; train/<wnid>/images/*.JPEG, and
     val/images/*.JPEG labelled by val/val_annotations.txt (file, wnid, box)."""
     root = fetch_tiny_imagenet('tinyimagenet', data_dir)
+    archive = os.path.join(data_dir, 'tiny-imagenet-200.zip')
+    if os.path.isfile(archive):  # here, once: harness.fetch fetches before this runs
+        check_extracted(root, archive)
     try:
         wnids, classes = tiny_classes(root)
         index = {w: k for k, w in enumerate(wnids)}
@@ -212,13 +215,10 @@ def tiny_val_images(root, index):
 
 def fetch_tiny_imagenet(name, data_dir):
     """data_dir/tiny-imagenet-200, extracted from its zip (downloaded there first if missing) into
-    a temporary folder that is renamed once whole. A folder beside its zip must hold every file the
-    zip lists: a stopped extraction of an older version is refused, not trained on."""
+    a temporary folder that is renamed once whole (tiny_imagenet checks a folder that was there)."""
     root, archive = (os.path.join(data_dir, n) for n in ('tiny-imagenet-200',
                                                           'tiny-imagenet-200.zip'))
     if os.path.isdir(root):
-        if os.path.isfile(archive):
-            check_extracted(root, archive)
         return root
     try:
         if not os.path.isfile(archive):
@@ -239,7 +239,8 @@ def fetch_tiny_imagenet(name, data_dir):
 
 
 def check_extracted(root, archive):
-    """Every file that the zip lists is in root (a stopped extraction leaves a part of them)."""
+    """Every file that the zip lists is in root: a stopped extraction of an older version leaves a
+    part of them, and is refused, not trained on."""
     try:
         with zipfile.ZipFile(archive) as z:
             names = [n for n in z.namelist() if not n.endswith('/')]
@@ -565,11 +566,12 @@ def augment(images, aug, img_size, mean, std):
         x = F.interpolate(images.float() / 255, size=(img_size, img_size), mode='bicubic',
                           align_corners=False, antialias=True).clamp(0, 1)
         return (x - mean) / std
+    if aug not in ('rrc', 'crop'):
+        raise UserError(f"unknown aug '{aug}': use rrc, crop or none")
     B, dev = images.size(0), images.device
     theta = torch.zeros(B, 2, 3, device=dev)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    if aug in ('rrc', 'crop'):
-        flip = torch.where(torch.rand(B, device=dev) < 0.5, -1.0, 1.0)
+    flip = torch.where(torch.rand(B, device=dev) < 0.5, -1.0, 1.0)
     if aug == 'rrc':  # area and aspect ratio as torchvision samples them; a side > 1 is clamped
         area = torch.empty(B, device=dev).uniform_(0.2, 1.0)
         ratio = torch.empty(B, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
@@ -578,13 +580,11 @@ def augment(images, aug, img_size, mean, std):
         theta[:, 0, 0], theta[:, 1, 1] = w * flip, h
         theta[:, 0, 2] = (torch.rand(B, device=dev) * 2 - 1) * (1 - w)  # crop center, inside
         theta[:, 1, 2] = (torch.rand(B, device=dev) * 2 - 1) * (1 - h)
-    elif aug == 'crop':  # shift by -4..4 whole source pixels; outside the image is black
+    else:  # crop: shift by -4..4 whole source pixels; outside the image is black
         shift = torch.randint(-4, 5, (B, 2), device=dev).float()
         theta[:, 0, 0] = flip
         theta[:, 0, 2] = 2 * shift[:, 0] / images.size(3)
         theta[:, 1, 2] = 2 * shift[:, 1] / images.size(2)
-    else:
-        raise UserError(f"unknown aug '{aug}': use rrc, crop or none")
     x = images.float() / 255
     grid = F.affine_grid(theta, [B, 3, img_size, img_size], align_corners=False)  # (B, S, S, 2)
     x = F.grid_sample(x, grid, mode='bicubic', padding_mode='zeros', align_corners=False)

@@ -185,9 +185,10 @@ class Run:
         due = it % self.eval_every == 0 or it == self.total
         if not (noted or due or it % self.c.log_interval == 0):
             return False
-        self.stopping = agree(bool(self.stop.signum), self.env)  # all stop at the same step
         minutes = (time.time() - self.saved_at) / 60
-        timed = agree(bool(self.c.ckpt_minutes) and minutes >= self.c.ckpt_minutes, self.env)
+        timed = bool(self.c.ckpt_minutes) and minutes >= self.c.ckpt_minutes
+        # all stop (or save) at the same step: one all-reduce for both
+        self.stopping, timed = agree(self.env, bool(self.stop.signum), timed)
         progress(self, it, lr)
         return due or self.stopping or timed
 
@@ -444,13 +445,13 @@ def cost(run, total, per_step):
     return line
 
 
-def agree(flag, env):
-    """True on every rank when it is True on any."""
+def agree(env, *flags):
+    """Each flag, True on every rank when it is True on any (one all-reduce for all of them)."""
     if env.world == 1:
-        return flag
-    t = torch.tensor(float(flag), device=env.device)
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=env.device)
     dist.all_reduce(t)
-    return t.item() > 0
+    return tuple(v > 0 for v in t.tolist())
 
 
 class Clock:

@@ -23,26 +23,23 @@ case "$scale" in
     MODEL=${MODEL:-gpt2}
     common=(--subset 2000 --test_subset 1000 --img_size 32 --patch_size 8 --batch_size 32
             --aug crop --warmup_epochs 0.5 --lr 3e-4)
-    steps=(--max_iters 100 --eval_interval 100) ;;
+    bridge=(--max_iters 100 --eval_interval 100)
+    tune=("${bridge[@]}") ;;
   paper)  # bridge.py's defaults are the paper's recipe; fine-tunes: 200 epochs (the author's code)
     GPT2=${GPT2:-gpt2-medium}
     MODEL=${MODEL:-gpt2-medium}
     common=()
-    steps=() ;;
+    bridge=()
+    tune=(--epochs 200) ;;
   *)
     echo "usage: bash lab.sh lab|paper [bridge.py flags for every run]" >&2
     exit 2 ;;
 esac
 out=${OUT:-out/$scale}
-bridge=("${steps[@]+"${steps[@]}"}")
-tune=("${steps[@]+"${steps[@]}"}")
-if [ "$scale" = paper ]; then
-  tune=(--epochs 200)
-fi
 echo "$scale: 3 bridges, then 5 fine-tunes, into $out; each run says its cost (steps, FLOPs) first"
 if [ "$scale" = lab ]; then
   echo "lab: 8 runs x 100 steps x 32 images = 25,600 trained images, 2.1e14 FLOPs with GPT-2 small;"
-  echo "     about 17 minutes on one core of a CPU with bfloat16 instructions (27 images/s, README)"
+  echo "     about 18 minutes on one core of a CPU with bfloat16 instructions (27 images/s, README)"
 fi
 
 arm() {  # one run of bridge.py: the scale's flags, the arm's, the user's
@@ -57,13 +54,11 @@ arm --stage bridge --init_from scratch --model "$MODEL" --out_dir "$out/bridge_s
 arm --stage finetune --init_from scratch --model "$MODEL" --out_dir "$out/scratch" \
   "${tune[@]+"${tune[@]}"}"
 arm --stage finetune --init_from "$GPT2" --out_dir "$out/gpt2" "${tune[@]+"${tune[@]}"}"
-for b in bridge bridge_p5 bridge_scratch; do
-  name=gpt2_$b
-  if [ $b = bridge_scratch ]; then
-    name=scratch_bridge
-  fi
-  arm --stage finetune --init_from "$out/$b/ckpt.pt" --out_dir "$out/$name" \
-    "${tune[@]+"${tune[@]}"}"
-done
+arm --stage finetune --init_from "$out/bridge/ckpt.pt" --out_dir "$out/gpt2_bridge" \
+  "${tune[@]+"${tune[@]}"}"
+arm --stage finetune --init_from "$out/bridge_p5/ckpt.pt" --out_dir "$out/gpt2_bridge_p5" \
+  "${tune[@]+"${tune[@]}"}"
+arm --stage finetune --init_from "$out/bridge_scratch/ckpt.pt" --out_dir "$out/scratch_bridge" \
+  "${tune[@]+"${tune[@]}"}"
 python analysis.py compare "$out/scratch" "$out/gpt2" "$out/gpt2_bridge" "$out/gpt2_bridge_p5" \
   "$out/scratch_bridge" --out "$out/compare"

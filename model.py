@@ -449,8 +449,9 @@ def check_parts(source, image, fields, n_embd):
     p, n = fields['patch_size'], fields['n_classes']
     need = {'patch.weight': (n_embd, 3, p, p), 'patch.bias': (n_embd,),
             'head.weight': (n, n_embd), 'head.bias': (n,)}
-    for k in sorted(image.keys() - need.keys()):
-        raise UserError(f"{source}: image.safetensors holds {k}, which no export has")
+    extra = sorted(image.keys() - need.keys())
+    if extra:
+        raise UserError(f"{source}: image.safetensors holds {extra[0]}, which no export has")
     for k, shape in need.items():
         found = tuple(image[k].shape) if k in image else 'missing'
         if found != shape:

@@ -79,10 +79,11 @@ def language_model(source):
             raise UserError(f"{source} is an image model of bridge.py: it keeps no token embedding "
                             f"(wte), so it has no text to sample; sample from the language model "
                             f"it started from, {weights['config'].get('init_from', '?')}")
-    if export_config(source) is not None:
+    exported = export_config(source)
+    if exported is not None:
         raise UserError(f"{source} is an export of an image model (export.py): it keeps no token "
                         f"embedding, so it has no text to sample; sample from the language model "
-                        f"it started from, {export_config(source).get('init_from', '?')}")
+                        f"it started from, {exported.get('init_from', '?')}")
     model = GPT.from_pretrained(source).eval()
     if model.config.vocab_size < 256:  # byte-level tokens need 256
         raise UserError(f"{source} has a vocabulary of {model.config.vocab_size} tokens: sample.py "
