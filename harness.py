@@ -35,7 +35,7 @@ import checkpoint
 from configurator import (Stopped, UserError, autocast_dtype, native_bf16, parse, peak_flops,
                           pick_device, ranks, set_threads, to_json)
 from data import DATASETS, load_dataset, take
-from model import OFFICIAL, GPTConfig, architecture, check_image_config, download, freeze_spec
+from model import OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec
 
 POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
 COMPILING = []  # the start times of the torch.compile calls under way
@@ -339,12 +339,13 @@ def reach(addr, port, deadline):
 def fetch(c):
     """What the run needs from the network (OpenAI's weights, a dataset), fetched before any other
     work; everything that cannot be had offline is named in one line, not one at a time."""
-    failed, dataset = [], DATASETS[c.dataset]['fetch']
-    for needed, get in ((c.init_from in OFFICIAL, lambda: download(c.init_from)),
-                        (dataset is not None, lambda: dataset(c.dataset, c.data_dir))):
+    needed = [c.init_from] * (c.init_from in OFFICIAL)
+    needed += [c.dataset] * DATASETS[c.dataset]['fetched']
+    failed = []
+    for name in needed:
+        from downloads import download  # read only by a run that needs the network
         try:
-            if needed:
-                get()
+            download(name, c.data_dir)
         except UserError as e:
             failed.append(str(e))
     if len(failed) > 1:

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import urllib.error
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +49,6 @@ OFFICIAL = {
     'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
 }
 HEADS_BY_WIDTH = {c['n_embd']: c['n_head'] for c in OFFICIAL.values()}
-WEIGHTS_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/model.safetensors'
 # OpenAI's GPT-2 uses Conv1D layers that store weights as [in, out]; nn.Linear wants [out, in]
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # keys in GPT-2 checkpoints that are not parameters: causal-mask buffers and the tied output layer
@@ -339,7 +337,8 @@ def check_keys(where, missing, unexpected):
 def locate(source):
     """A source of OpenAI weights -> (the weights file, the HF config.json as a dict or {})."""
     if source in OFFICIAL:
-        return download(source), {}
+        from downloads import gpt2_weights  # the network: read only when weights come from it
+        return gpt2_weights(source), {}
     if os.path.isfile(source):
         return source, {}
     files = [os.path.join(source, f) for f in ('model.safetensors', 'pytorch_model.bin')]
@@ -457,23 +456,6 @@ def check_parts(source, image, fields, n_embd):
         if found != shape:
             raise UserError(f"{source}: image.safetensors' {k} is {found}, where image_config.json "
                             f"and model.safetensors need {shape}")
-
-
-def download(name):
-    """OpenAI's weights of an official size, downloaded once into torch.hub's cache -> the path."""
-    path = os.path.join(torch.hub.get_dir(), 'gpt2', f'{name}.safetensors')
-    if not os.path.exists(path):
-        url = WEIGHTS_URL.format(name=name)
-        print(f"downloading {name} weights from {url} to {path}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, path, progress=True)  # a temp file, then a rename
-        except (urllib.error.URLError, OSError) as e:
-            raise UserError(f"could not download {name} from {url} ({e}); offline? download "
-                            f"model.safetensors elsewhere and give its path instead of '{name}' "
-                            f"(--init_from PATH; analysis.py and sample.py take it as a source), "
-                            f"or put it at {path}") from None
-    return path
 
 
 def read_weights(path, mmap=False):

@@ -30,6 +30,7 @@ import configurator
 import export
 import harness
 import data
+import downloads
 import model
 import sample
 from conftest import HERE, TINY, cli, hf_gpt2, make_folder, metrics, run, tokens, write_patterns
@@ -266,7 +267,7 @@ def test_missing_sources_and_offline_download(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r'not a GPT-2 checkpoint directory.*config.json'):
         GPT.from_pretrained(str(tmp_path))
     # no network: a refused connection stands for it, so the test never downloads 500 MB where there is one
-    monkeypatch.setattr(model, 'WEIGHTS_URL', 'http://127.0.0.1:9/{name}.safetensors')
+    monkeypatch.setattr(downloads, 'WEIGHTS_URL', 'http://127.0.0.1:9/{name}.safetensors')
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
     with pytest.raises(UserError, match=r"could not download gpt2 from .*give its path instead of 'gpt2' \(--init_from "
                                         r"PATH; analysis.py and sample.py take it as a source\)"):
@@ -472,7 +473,7 @@ def test_cifar_loading_says_both_sizes(tmp_path, monkeypatch, capsys):
             n = 20 if train else 10
             self.data = (torch.arange(n).view(n, 1, 1, 1) * torch.ones(n, 32, 32, 3)).to(torch.uint8).numpy()
             self.targets, self.classes = [i % 10 for i in range(n)], [str(i) for i in range(10)]
-    monkeypatch.setitem(data.CIFAR, 'cifar10', FakeCIFAR)
+    monkeypatch.setitem(downloads.CIFAR, 'cifar10', FakeCIFAR)
     d = data.load_dataset('cifar10', str(tmp_path), 224, 'cpu')
     assert d['train'][0].shape == (20, 3, 32, 32) and d['train'][0][7].eq(7).all()
     assert d['test'][1].tolist() == list(range(10))
@@ -609,7 +610,7 @@ def tiny_imagenet_zip(path, wnids=('n01443537', 'n01629819', 'n01641577'), n_tra
 
 
 def test_tiny_imagenet_loads_from_its_own_zip_layout_at_64_px(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, 'TINY_IMAGENET', 'http://127.0.0.1:9/tiny-imagenet-200.zip')  # offline
+    monkeypatch.setattr(downloads, 'TINY_IMAGENET', 'http://127.0.0.1:9/tiny-imagenet-200.zip')  # offline
     with pytest.raises(UserError, match=r'cannot get tinyimagenet into .*none .*offline\? put tiny-imagenet-200.zip '
                                         r'\(from http://127.0.0.1:9/tiny-imagenet-200.zip\) or its extracted'):
         data.load_dataset('tinyimagenet', str(tmp_path / 'none'), 16, 'cpu')
@@ -1560,9 +1561,9 @@ def test_torchrun_variables_that_torchrun_never_sets_are_one_line(env, message, 
 
 
 def test_everything_offline_is_named_at_once_before_any_work(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(model, 'WEIGHTS_URL', 'http://127.0.0.1:9/{name}.safetensors')  # refused: offline
+    monkeypatch.setattr(downloads, 'WEIGHTS_URL', 'http://127.0.0.1:9/{name}.safetensors')  # refused: offline
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
-    monkeypatch.setattr(data.CIFAR['cifar10'], 'url', 'http://127.0.0.1:9/cifar-10-python.tar.gz')
+    monkeypatch.setattr(downloads.CIFAR['cifar10'], 'url', 'http://127.0.0.1:9/cifar-10-python.tar.gz')
     with pytest.raises(UserError, match=r'2 things need the network: \(1\) could not download gpt2-medium from .*; '
                                         r'and \(2\) cannot get cifar10 into .*data .*offline\? put cifar-10-python'):
         bridge.main(['--stage', 'bridge', '--freeze', '0-5', '--data_dir', str(tmp_path / 'data'), '--out_dir',
@@ -2188,8 +2189,8 @@ def test_gpu_bridge_run_of_a_gpt2_medium_sized_model_on_cifar_sized_data(tmp_pat
         n, g = (50_000 if train else 10_000), torch.Generator().manual_seed(int(train))
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         return images, torch.randint(0, 10, (n,), generator=g), [f'class{k}' for k in range(10)], f'synthetic{train}'
-    monkeypatch.setattr(data, 'cifar', synthetic_cifar)  # load_dataset's
-    monkeypatch.setitem(data.DATASETS['cifar10'], 'fetch', None)  # nothing to download
+    monkeypatch.setattr(downloads, 'cifar', synthetic_cifar)  # load_dataset's
+    monkeypatch.setitem(data.DATASETS['cifar10'], 'fetched', False)  # nothing to download
     torch.cuda.reset_peak_memory_stats()
     result = bridge.main(['--init_from', 'scratch', '--model', 'gpt2-medium', '--out_dir', str(tmp_path / 'r'),
                           '--max_iters', '120', '--log_interval', '20', '--eval_interval', '120'])
