@@ -5,9 +5,9 @@ distributed in), each into --data_dir. Every failure is one line that says what 
 the machine is offline. data.py and model.py import it only when a run needs one of these: a run
 on an image folder from scratch never reads this file.
 
-  download(name, data_dir)   -> OpenAI's weights of that name, or the dataset, fetched if missing
-  cifar(name, data_dir, train=True)  -> uint8 (N, 3, 32, 32), labels, class names, a pixel hash
-  tiny_imagenet(data_dir)    -> (root, (train samples, classes), (val samples, classes))
+  download(name, data_dir)      -> OpenAI's weights of that name, or the dataset, fetched if missing
+  cifar(name, data_dir, train)  -> uint8 (N, 3, 32, 32), labels, class names, a pixel hash
+  tiny_imagenet(data_dir)       -> (root, (train samples, classes), (val samples, classes))
 """
 import contextlib
 import hashlib
