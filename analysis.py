@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from checkpoint import init_model, load_run, read_checkpoint
 from configurator import UserError, cores, parse, pick_device, run_cli, to_json
 from data import DATASETS, augment, balanced_subset, load_dataset, take
-from model import GPT, IGNORED, OFFICIAL, architecture, read_weights
+from model import GPT, architecture
+from weights import IGNORED, OFFICIAL, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
 device = 'auto'      # auto, cuda, cuda:N, cpu or mps

@@ -28,8 +28,8 @@ from types import SimpleNamespace
 import torch
 
 from configurator import UserError, ranks, to_json
-from model import (GPT, OFFICIAL, SIZES, GPTConfig, architecture, check_keys, export_config,
-                   read_weights)
+from model import GPT, GPTConfig, architecture
+from weights import OFFICIAL, SIZES, check_keys, export_config, read_weights
 
 # what a resumed run may change; any other flag must keep the run's value, or its checkpoint lies
 RESUMABLE = ('init_from', 'out_dir', 'data_dir', 'epochs', 'max_iters', 'eval_interval',

@@ -2,7 +2,7 @@
 What comes from the network, fetched once and read from where it lies: OpenAI's GPT-2 weights (into
 torch.hub's cache), CIFAR-10/100 (torchvision) and Tiny-ImageNet (its zip, in the layout it is
 distributed in), each into --data_dir. Every failure is one line that says what to put where when
-the machine is offline. data.py and model.py import it only when a run needs one of these: a run
+the machine is offline. data.py and weights.py import it only when a run needs one of these: a run
 on an image folder from scratch never reads this file.
 
   download(name, data_dir)      -> OpenAI's weights of that name, or the dataset, fetched if missing

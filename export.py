@@ -21,7 +21,8 @@ import torch
 from checkpoint import load_run
 from configurator import UserError, run_cli, to_json
 from data import DATASETS
-from model import CONV1D, IMAGE_FIELDS
+from model import CONV1D
+from weights import IMAGE_FIELDS
 
 FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.json',
          'preprocessor_config.json', 'README.md')

@@ -35,7 +35,8 @@ import checkpoint
 from configurator import (Stopped, UserError, autocast_dtype, native_bf16, parse, peak_flops,
                           pick_device, ranks, set_threads, to_json)
 from data import DATASETS, load_dataset, take
-from model import OFFICIAL, GPTConfig, architecture, check_image_config, freeze_spec
+from model import GPTConfig, architecture, check_image_config, freeze_spec
+from weights import OFFICIAL
 
 POSITIVE = ('epochs', 'batch_size', 'grad_accum', 'log_interval', 'img_size', 'patch_size')
 COMPILING = []  # the start times of the torch.compile calls under way

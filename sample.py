@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from configurator import UserError, parse, pick_device, run_cli
-from model import GPT, export_config, read_weights
+from model import GPT
+from weights import export_config, read_weights
 
 start = "Hello, I'm a language model,"  # the prompt (also the second word of the command line)
 num_samples = 2                         # samples drawn

@@ -33,6 +33,7 @@ import data
 import downloads
 import model
 import sample
+import weights
 from conftest import HERE, TINY, cli, hf_gpt2, make_folder, metrics, run, tokens, write_patterns
 from configurator import UserError
 from model import GPT, GPTConfig
@@ -253,7 +254,7 @@ def test_a_pickle_that_would_run_code_is_refused_with_torchs_reason(tmp_path):
         def __reduce__(self):
             return (os.system, ('touch ' + str(tmp_path / 'pwned'),))
     torch.save({'model': Evil(), 'model_config': {}, 'config': {}}, tmp_path / 'evil.pt')
-    for load in (lambda: model.read_weights(str(tmp_path / 'evil.pt')),
+    for load in (lambda: weights.read_weights(str(tmp_path / 'evil.pt')),
                  lambda: bridge.main(['--init_from', str(tmp_path / 'evil.pt'), '--out_dir', str(tmp_path / 'o')])):
         with pytest.raises(UserError, match=r'evil.pt: it holds Python objects that are not weights, which '
                                             r'torch.load\(weights_only=True\) refuses to run \(.*GLOBAL .*system'):
