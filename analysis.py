@@ -23,15 +23,15 @@ import re
 import tempfile
 import textwrap
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from checkpoint import init_model, load_run, read_checkpoint
-from configurator import UserError, cores, parse, pick_device, run_cli, to_json
+from bridge import load_checkpoint, same_start, start_model
+from configurator import UserError, parse, pick_device, run_cli, to_json
 from data import DATASETS, augment, balanced_subset, load_dataset, take
-from model import GPT, architecture
-from weights import IGNORED, OFFICIAL, read_weights
+from model import GPT, IGNORED, OFFICIAL, GPTConfig, architecture, read_weights
 
 out = ''             # output prefix: OUT.png and OUT.json; '': analysis/<subcommand>
 device = 'auto'      # auto, cuda, cuda:N, cpu or mps
@@ -51,8 +51,8 @@ model = 'gpt2-medium'  # probe: the architecture of a `scratch` source (an OpenA
 img_size = 0         # probe: the image side of sources without one; 0: the first run's, else 224
 patch_size = 0       # probe: their patch side; 0: the first run's, else 16
 
-CHOICES = dict(dataset=('', *DATASETS))
-POSITIVE = ('batch_size', 'grid', 'span', 'batches', 'top_k')
+CHOICES = dict(dataset=('', *DATASETS), split=('test', 'train'))
+RANGES = {k: (1, math.inf) for k in ('batch_size', 'grid', 'span', 'batches', 'top_k')}
 L2 = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # probe: the L2 strengths tried, strongest first
 POOLS = {'last': ('-', 'last token'), 'mean': (':', 'mean over tokens')}  # probe: line, name
 
@@ -128,6 +128,40 @@ def images_for(net, d, split, n, seed):
         raise UserError("analysis.py needs the images in memory: this dataset is too large")
     idx = balanced_subset(y, n, seed).to(y.device)
     return augment(x[idx], 'eval', net.config.img_size, d['mean'], d['std']), y[idx], idx
+
+
+def load_run(src, device):
+    """A ckpt.pt -> (its model, its run's config, the checkpoint); a run directory -> (the model
+    that run started from, rebuilt as bridge.py built it, its config, its checkpoint). The model
+    is in eval mode on device."""
+    if src.endswith(('.jsonl', '.json')):
+        raise UserError(f"{src} is a run's {os.path.basename(src)}, not its weights: give its "
+                        f"ckpt.pt, or its run directory for the weights it started from")
+    if not os.path.isdir(src):
+        ckpt = load_checkpoint(src)
+        net = GPT(GPTConfig(**ckpt['model_config']))
+        net.load_state_dict(ckpt['model'])
+        print(f"{src}: step {ckpt['iter']} of a {ckpt['config']['stage']} run")
+        return net.to(device).eval(), SimpleNamespace(**ckpt['config']), ckpt
+    if not os.path.isfile(os.path.join(src, 'ckpt.pt')):
+        raise UserError(f"{src} is not a bridge.py run directory: it has no ckpt.pt")
+    ckpt = load_checkpoint(os.path.join(src, 'ckpt.pt'))
+    c = SimpleNamespace(**ckpt['config'])
+    same_start(ckpt['config'], ckpt['start'], src)  # a hand-off's start must be as it was
+    source = load_checkpoint(c.init_from) if c.init_from.endswith(('.pt', '.pth')) else None
+    net = start_model(c, ckpt['data']['classes'], source)[0]
+    print(f"{src}: the run's weights at step 0, rebuilt from {c.init_from}")
+    return net.to(device).eval(), c, ckpt
+
+
+def hidden_states(net, images):
+    """(B, 3, H, W) -> every layer's (B, T, C) tokens, for probes: the input of block 0 (patches +
+    wpe), the output of each block, and after ln_f (what GPT.features pools)."""
+    t, x = net.transformer, net.patch_tokens(images)
+    states = [t.drop(x + t.wpe.weight[:x.size(1)])]
+    for block in t.h:
+        states.append(block(states[-1]))
+    return states + [t.ln_f(states[-1])]
 
 
 # ----------------------------------------------------------------------------- Fig. 2: outliers
@@ -240,7 +274,7 @@ def read_metrics(path):
     """metrics.jsonl -> its rows; a missing, empty or damaged file is a one-line error."""
     if not os.path.isfile(path):
         raise UserError(f"no metrics at {path}: give run directories (or their metrics.jsonl)")
-    rows, keys = [], {'epoch', 'train_acc', 'test_acc'}
+    rows, keys = [], {'iter', 'epoch', 'train_acc', 'test_acc'}
     with open(path, 'rb') as fh:
         for i, line in enumerate(fh, 1):
             try:
@@ -253,6 +287,9 @@ def read_metrics(path):
             odd = [k for k in sorted(keys) if not is_number(rows[-1][k])]
             if odd:
                 raise UserError(f"{path}, line {i}: {odd[0]} is {rows[-1][odd[0]]!r}, not a number")
+            if not all(0 <= rows[-1][k] <= 1 for k in ('train_acc', 'test_acc')):
+                raise UserError(f"{path}, line {i}: an accuracy outside [0, 1] (bridge.py writes "
+                                f"fractions: 0.57, not 57)")
     if not rows:
         raise UserError(f"{path} holds no evaluations yet")
     return rows
@@ -276,10 +313,8 @@ def history_of(path):
     """A run's evaluations and flags -> (rows, config): from a metrics.jsonl and the config.json
     beside it, or from a ckpt.pt, which keeps both."""
     if path.endswith(('.pt', '.pth')):
-        ckpt = read_checkpoint(path)
-        if not ckpt['history']:
-            raise UserError(f"{path} holds no evaluations yet")
-        return ckpt['history'], ckpt['config']
+        ckpt = load_checkpoint(path)
+        return ckpt['history'], {**ckpt['config'], 'data': ckpt['data']}
     return read_metrics(path), read_config(os.path.join(os.path.dirname(path), 'config.json'))
 
 
@@ -543,13 +578,13 @@ def probe_data(sources, f):
     first = {}
     if runs:
         path = runs[0] if runs[0].endswith(('.pt', '.pth')) else os.path.join(runs[0], 'ckpt.pt')
-        ckpt = read_checkpoint(path)
+        ckpt = load_checkpoint(path)
         first = dict(ckpt['config'], **ckpt['model_config'])
     name = f.dataset or first.get('dataset', 'cifar10')
     data_dir = f.data_dir or first.get('data_dir', 'data')
     img_size = f.img_size or first.get('img_size', 224)
     patch_size = f.patch_size or first.get('patch_size', 16)
-    d = load_dataset(name, data_dir, img_size, f.device, cores())
+    d = load_dataset(name, data_dir, img_size, f.device, min(8, os.cpu_count() or 1))
     if f.images:  # minutes instead of hours for OpenAI's GPT-2 on a CPU
         d = take(d, 'train', f.images, f.seed, '--images')
     if len(d['train'][1]) < 10:  # L-BFGS on 1 example: a std of NaN
@@ -564,10 +599,11 @@ def probe_net(src, image, f):
     """A source -> (the network in eval mode on the device, its label). A run or its ckpt.pt as in
     the other subcommands; a GPT-2 name, Hugging Face checkpoint or `scratch` (--model) as
     bridge.py would start from it: a language model has no patch embedding, and gets bridge.py's
-    seeded initialization of one (checkpoint.init_model, --seed)."""
+    seeded initialization of one (bridge.start_model, --seed)."""
     if is_run(src):
         return load_run(src, f.device)[0], name_of(src)
-    net = init_model(src, f.seed, image, f.model)
+    c = SimpleNamespace(init_from=src, model=f.model, seed=f.seed, stage='probe', **image)
+    net = start_model(c, [None] * image['n_classes'])[0]
     what = f"GPT-2's random init of {f.model}" if src == 'scratch' else "its language weights"
     print(f"{src}: {what}; no patch embedding, so bridge.py's seeded one (seed {f.seed}) at "
           f"{image['img_size']}px in {image['patch_size']}px patches")
@@ -604,8 +640,8 @@ def layer_features(net, d, split, f):
     start = time.time()
     for batch in x.split(f.batch_size):
         with ctx:
-            states = net.hidden_states(augment(batch, 'eval', net.config.img_size, d['mean'],
-                                               d['std']))
+            states = hidden_states(net, augment(batch, 'eval', net.config.img_size, d['mean'],
+                                                d['std']))
         for k, h in enumerate(states):  # (B, T, C) -> (B, C), pooled two ways
             feats['last'][k].append(h[:, -1].float().to(where))
             feats['mean'][k].append(h.float().mean(1).to(where))
@@ -667,68 +703,88 @@ def accuracy(w, x, y):
 
 
 # ----------------------------------------------------------------------------- the comparison
-# the paper's gain of bridge -> finetune over random init, in points (second-hand, see README)
-PAPER_GAIN = {'cifar10': 59.7, 'cifar100': 32.8}
-
-
 def compare(sources, f):
-    """The paper's comparison (lab.sh): each arm's final test accuracy and its gain over the first
-    source (the scratch arm), as a table and a bar chart; the paper's reported gain over random
-    init beside them where one is known."""
+    """The paper's comparison (lab.sh): each arm's final test accuracy against the first source's
+    (scratch), with a verdict. An arm beats it, or is worse, when the difference exceeds the test
+    set's noise: two standard errors of a difference of two accuracies on n test images,
+    2 sqrt(p q / n + p0 q0 / n). Arms on other data, classes or test images are refused."""
     plt = pyplot()
     rows = arms(sources)
-    base = rows[0]
-    print(f"| arm | what | steps | test accuracy | gain over {base['arm']} |")
-    print("|---|---|---|---|---|")
+    base, n = rows[0], rows[0]['test_images']
+    chance = 1 / len(base['classes'])
+    print(f"| arm | what | steps | test accuracy | vs {base['arm']} | verdict |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['arm']} | {r['label']} | {r['steps']} | {r['test_acc']:.2%} | "
-              f"{100 * r['gain']:+.1f} points |")
-    paper = PAPER_GAIN.get(base['dataset'])
+              f"{100 * r['gain']:+.1f} points | {r['verdict']} |")
     fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 3, 4))
     ax.bar(range(len(rows)), [100 * r['test_acc'] for r in rows],
            color=[f"C{i}" for i in range(len(rows))])
     for i, r in enumerate(rows):
-        ax.text(i, 100 * r['test_acc'] + 1, f"{100 * r['gain']:+.1f}", ha='center', fontsize=8)
-    if paper:
-        ax.axhline(100 * base['test_acc'] + paper, color='0.4', ls='--', lw=1,
-                   label=f"{base['arm']} + {paper} points: the paper's bridge -> finetune gain "
-                         f"over random init ({base['dataset']}, full scale; second-hand)")
-        ax.legend(fontsize=7, loc='lower right')
+        ax.text(i, 100 * r['test_acc'] + 1, f"{100 * r['test_acc']:.1f}%", ha='center', fontsize=8)
+    band = 100 * noise(base['test_acc'], base['test_acc'], n)
+    ax.axhspan(100 * base['test_acc'] - band, 100 * base['test_acc'] + band, color='0.85',
+               label=f"within noise of {base['arm']} (2 standard errors, {n} test images)")
+    ax.axhline(100 * chance, color='k', ls=':', lw=1, label=f"chance ({chance:.1%})")
     ax.set_xticks(range(len(rows)), [r['arm'] for r in rows], rotation=20, fontsize=8)
     ax.set(ylabel='test accuracy (%), true labels', ylim=(0, 105),
-           title=f"one fine-tune budget per arm, {base['dataset']}: gain over {base['arm']}")
-    result = dict(arms=rows, baseline=base['arm'], paper_gain_points=paper)
+           title=f"one fine-tune budget per arm, {base['dataset']}")
+    ax.legend(fontsize=7, loc='upper left')
+    result = dict(arms=rows, baseline=base['arm'], chance=chance, test_images=n)
     save(f, 'compare', fig, result)
     return result
 
 
-def arm_label(c):
-    """What an arm was: 'gpt2 -> bridge (0-5,wpe frozen) -> finetune', from its config and, for
-    a fine-tune of a bridge run, that run's config.json."""
-    init = c.get('init_from', '?')
-    if not init.endswith(('.pt', '.pth')):
+def noise(p, p0, n):
+    """Two standard errors of the difference of two accuracies p and p0, each on n images; at
+    least one image's worth (1 / n), so that 0% and 100% still have a resolution."""
+    return max(2 * math.sqrt((p * (1 - p) + p0 * (1 - p0)) / n), 1 / n)
+
+
+def arm_label(c, seen=()):
+    """What an arm was: 'gpt2 -> bridge (0-5 frozen) -> finetune', from its config and, for a
+    fine-tune of a bridge run, that run's config.json."""
+    init = str(c.get('init_from'))
+    if not init.endswith(('.pt', '.pth')) or init in seen:
         start = f"scratch {c.get('model', '')}" if init == 'scratch' else os.path.basename(init)
         return f"{start} -> {c.get('stage', '?')}"
     b = read_config(os.path.join(os.path.dirname(init), 'config.json'))
     frozen = f" ({b['freeze']} frozen)" if b.get('freeze', 'none') != 'none' else ''
-    return f"{arm_label(b)}{frozen} -> {c.get('stage', '?')}"
+    return f"{arm_label(b, (*seen, init))}{frozen} -> {c.get('stage', '?')}"
 
 
 def arms(sources):
-    """Run directories (or metrics.jsonl, ckpt.pt) -> a row each: name, what it was, its steps,
-    its final test accuracy and its gain over the first. Says so when the budgets differ."""
+    """Run directories -> a row each: its name, what it was, its steps, its final test accuracy,
+    its gain over the first and a verdict. Refuses arms that were evaluated on other data."""
     rows = []
     for src in sources:
         path = os.path.join(src, 'metrics.jsonl') if os.path.isdir(src) else src
         history, c = history_of(path)
+        data = c.get('data', {})
         rows.append(dict(arm=os.path.basename(src.rstrip('/')), label=arm_label(c),
-                         dataset=c.get('dataset'), steps=history[-1]['iter'],
-                         test_acc=history[-1]['test_acc']))
-    for r in rows:
-        r['gain'] = r['test_acc'] - rows[0]['test_acc']
+                         dataset=c.get('dataset'), classes=data.get('classes', []),
+                         test_set=(c.get('dataset'), data.get('files'), c.get('test_subset'),
+                                   c.get('seed') if c.get('test_subset') else None),
+                         test_images=history[-1].get('test_images') or data.get('test') or 1,
+                         steps=history[-1]['iter'], test_acc=history[-1]['test_acc']))
+    base = rows[0]
+    for key, what in (('classes', 'classes'), ('test_set', 'test images (--dataset, the data, '
+                                                           '--test_subset and its --seed)')):
+        other = [r['arm'] for r in rows if r[key] != base[key]]
+        if other or not base['classes']:
+            raise UserError(f"compare: {', '.join(other) or base['arm']} did not evaluate on the "
+                            f"{what} of {base['arm']}: their accuracies are not comparable")
     steps = [str(r['steps']) for r in rows]
     if len(set(steps)) > 1:
-        print(f"the arms ran different numbers of steps ({', '.join(steps)}): not one budget")
+        print(f"warning: the arms ran different numbers of steps ({', '.join(steps)}): not one "
+              f"budget")
+    for r in rows:
+        r['gain'] = r['test_acc'] - base['test_acc']
+        margin = noise(r['test_acc'], base['test_acc'], base['test_images'])
+        r['verdict'] = ('the baseline' if r is base else
+                        f"beats {base['arm']} (noise +-{100 * margin:.1f})" if r['gain'] > margin
+                        else f"worse than {base['arm']}" if r['gain'] < -margin
+                        else f"within noise of {base['arm']} (+-{100 * margin:.1f})")
     return rows
 
 
@@ -749,7 +805,7 @@ def main(argv):
     sources, flags = argv[1:1 + first_flag], argv[1 + first_flag:]
     if not sources:
         raise UserError(f"{argv[0]} needs at least one source (see python analysis.py --help)")
-    f = parse(flags, globals(), CHOICES, POSITIVE)[0]
+    f = parse(flags, globals(), CHOICES, RANGES)[0]
     f.device = pick_device(f.device)  # resolved once: 'auto' -> cuda, mps or cpu
     out_prefix(f, argv[0])
     return SUBCOMMANDS[argv[0]](sources, f)

@@ -10,6 +10,7 @@ line printed is one JSON object.
   python bench.py --model 4x256 --img_size 32 --patch_size 4 --device cpu --compile False
   python bench.py --stream data/photos/train --img_size 224    # decode + resize, images/s per core
 """
+import math
 import os
 import time
 
@@ -17,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import (UserError, autocast_dtype, cores, parse, peak_flops, pick_device,
-                          run_cli, set_threads, to_json)
+from bridge import PEAK_FLOPS
+from configurator import UserError, parse, pick_device, run_cli, to_json
 from data import Images, augment, scan, train_batches
 from model import GPT, GPTConfig, architecture
 
@@ -37,11 +38,24 @@ rounds = 4               # alternating blocks
 warmup = 3               # untimed steps per model first (compilation happens here)
 seed = 0                 # the random weights and inputs
 stream = ''              # an image folder (<class>/<image>): time its streaming decode instead
-num_workers = cores()    # --stream: the decoding processes
+num_workers = 4          # --stream: the decoding processes
 
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 CHOICES = dict(dtype=DTYPES, hf_dtype=DTYPES)
-POSITIVE = ('img_size', 'patch_size', 'batch_size', 'steps', 'rounds')
+RANGES = {k: (1, math.inf) for k in ('img_size', 'patch_size', 'batch_size', 'steps', 'rounds')}
+
+
+def autocast_dtype(name, device, on_cuda='bfloat16'):
+    """--dtype -> a torch dtype: 'auto' is on_cuda on CUDA, float32 elsewhere (as bridge.py)."""
+    if name == 'auto':
+        name = on_cuda if device.type == 'cuda' else 'float32'
+    return getattr(torch, name)
+
+
+def peak_flops(device):
+    """The dense bf16 peak FLOP/s of the GPU behind device, for MFU; None elsewhere."""
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 class HFImageGPT2(nn.Module):
@@ -96,7 +110,7 @@ def build(c, device):
     torch.manual_seed(c.seed)
     ours, theirs = GPT(cfg).to(device), HFImageGPT2(cfg).to(device)
     ours_dt = autocast_dtype(c.dtype, device)
-    hf_dt = autocast_dtype(c.hf_dtype, device, on_cuda='float16', on_cpu='float32')
+    hf_dt = autocast_dtype(c.hf_dtype, device, on_cuda='float16')
     hf_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.05,
                                fused=device.type == 'cuda')
     ours_opt = ours.configure_optimizers(0.05, 1e-4, (0.9, 0.999))
@@ -104,7 +118,7 @@ def build(c, device):
     hf_net = torch.compile(theirs) if c.hf_compile else theirs
     steps = {'ours': trainer(ours_net, ours_opt, ours_dt, device),
              'hf': trainer(hf_net, hf_opt, hf_dt, device)}
-    print(f"{cfg.n_layer} layers x {cfg.n_embd} wide, {ours.n_patches} tokens an image, batch "
+    print(f"{cfg.n_layer} layers x {cfg.n_embd} wide, {(cfg.img_size // cfg.patch_size) ** 2} tokens an image, batch "
           f"{c.batch_size}, {device}; ours {ours_dt} compile={c.compile}, transformers "
           f"{transformers.__version__} {hf_dt} compile={c.hf_compile}")
     return steps, ours, {'ours': ours_dt, 'hf': hf_dt}
@@ -171,7 +185,7 @@ def time_augment(c, device):
 def time_stream(c, device):
     """--stream: the streaming path of bridge.py (DataLoader workers decode and resize, the batch is
     copied to the device) over steps batches, after one untimed batch -> JSON result."""
-    samples, _ = scan(c.stream, layout="--stream FOLDER/<class>/<image>")
+    samples, _ = scan(c.stream)  # FOLDER/<class>/<image>
     if len(samples) < (c.steps + 1) * c.batch_size:
         raise UserError(f"--stream {c.stream}: {len(samples)} images, fewer than (steps + 1) x "
                         f"batch_size = {(c.steps + 1) * c.batch_size}")
@@ -196,10 +210,9 @@ def time_stream(c, device):
 
 
 def main(argv):
-    c = parse(argv, globals(), CHOICES, POSITIVE)[0]
+    c = parse(argv, globals(), CHOICES, RANGES)[0]
     device = pick_device(c.device)
-    threads = set_threads(device)
-    print(f"{threads} CPU thread{'s' * (threads > 1)} (the free cores; OMP_NUM_THREADS sets them)")
+    print(f"{torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)")
     if c.stream:
         result = time_stream(c, device)
         print(to_json(result))

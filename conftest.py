@@ -1,4 +1,4 @@
-"""Fixtures of test_bridge.py: tiny GPT-2s written by transformers, PNG image folders, tiny runs.
+"""Fixtures of the tests: tiny GPT-2s written by transformers, PNG image folders, tiny runs.
 Everything is made here, so the tests run offline and on the CPU."""
 import json
 import os
@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = ['--init_from', 'scratch', '--model', '2x64', '--img_size', '16', '--patch_size', '4',
         '--device', 'cpu', '--compile', 'False', '--num_workers', '0', '--log_interval', '5',
         '--dtype', 'float32']
+ENV = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}  # a subprocess's
 
 
 def pytest_configure(config):
@@ -89,7 +90,7 @@ def metrics(out):
 def cli(*argv, timeout=300, env=None):
     """A script of the project run as a user runs it -> CompletedProcess (text)."""
     return subprocess.run([sys.executable, *argv], cwd=HERE, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env or ENV)
 
 
 @pytest.fixture(scope='session')
@@ -104,15 +105,11 @@ def bridged(folder, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def digits(tmp_path_factory):
-    """scikit-learn's 1,797 handwritten 8x8 digits as an image folder (a fifth of them val), as in
-    the README: 10 classes that a colour alone does not tell apart."""
-    from sklearn.datasets import load_digits
-    root, d = tmp_path_factory.mktemp('digits'), load_digits()
-    for i, (img, label) in enumerate(zip(d.images, d.target)):
-        split = 'val' if i % 5 == 0 else 'train'
-        os.makedirs(root / split / str(label), exist_ok=True)
-        pixels = Image.fromarray((img * 255 / 16).astype('uint8')).convert('RGB')
-        pixels.save(root / split / str(label) / f'{i}.png')
+    """scikit-learn's 1,797 handwritten 8x8 digits as an image folder, by the README's command: 10
+    classes that a colour alone does not tell apart."""
+    import prepare
+    root = tmp_path_factory.mktemp('digits')
+    prepare.main(['digits', str(root)])
     return str(root)
 
 

@@ -7,10 +7,10 @@ probes, heads of your own), with the image parts beside it and a model card.
 
 It writes config.json and model.safetensors (transformers' GPT2Model, OpenAI's layout: the four
 Conv1D weights stored [in, out]), image.safetensors (the patch embedding and the classifier head),
-image_config.json (image and patch size, classes, normalization) and README.md. The image model
-has no token embedding: it never reads tokens, its input is patch tokens (inputs_embeds). GPT2Model
-needs a wte all the same, so wte is a 1 x n_embd row of zeros, a placeholder that nothing reads.
-`GPT.from_pretrained(DIR)` and `bridge.py --init_from DIR` load the export back, bit for bit.
+image_config.json (image and patch size, classes, normalization), preprocessor_config.json (what
+bridge.py's evaluation does to an image file) and README.md. The image model has no token
+embedding: its input is patch tokens (inputs_embeds). GPT2Model needs a wte all the same, so wte
+is a 1 x n_embd row of zeros, a placeholder that nothing reads.
 """
 import os
 import shutil
@@ -18,11 +18,10 @@ import tempfile
 
 import torch
 
-from checkpoint import load_run
+from analysis import load_run
 from configurator import UserError, run_cli, to_json
 from data import DATASETS
 from model import CONV1D
-from weights import IMAGE_FIELDS
 
 FILES = ('config.json', 'model.safetensors', 'image.safetensors', 'image_config.json',
          'preprocessor_config.json', 'README.md')
@@ -100,23 +99,24 @@ def export(net, c, ckpt, src, out, start, folder=None):
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.contiguous() for k, v in gpt2.items()},
               os.path.join(folder, 'model.safetensors'), metadata={'format': 'pt'})
-    sizes = {k: str(getattr(mc, k)) for k in IMAGE_FIELDS}  # checked against image_config.json
     save_file({k: v.contiguous() for k, v in image.items()},
-              os.path.join(folder, 'image.safetensors'), metadata=sizes)
+              os.path.join(folder, 'image.safetensors'), metadata={'format': 'pt'})
     hf = dict(model_type='gpt2', architectures=['GPT2Model'], n_layer=mc.n_layer,
               n_head=mc.n_head, n_embd=mc.n_embd, n_positions=mc.block_size, vocab_size=1,
               activation_function='gelu_new', resid_pdrop=mc.dropout, embd_pdrop=mc.dropout,
               attn_pdrop=mc.dropout, layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0)
-    mean, std = DATASETS[c.dataset]['mean_std']
+    mean, std = DATASETS[c.dataset]
     described = describe(c, ckpt, src, start)
     image_config = dict(img_size=mc.img_size, patch_size=mc.patch_size, n_classes=mc.n_classes,
                         classes=ckpt['data']['classes'], mean=mean, std=std, pooling='last token',
                         attention='causal', **described)
-    # what transformers' image processors load: bridge.py's evaluation transform (a bicubic resize
-    # of the whole image, then the dataset's normalization), so that a standard pipeline feeds it
-    processor = dict(image_processor_type='ViTImageProcessor', do_resize=True, resample=3,
-                     size=dict(height=mc.img_size, width=mc.img_size), do_rescale=True,
-                     rescale_factor=1 / 255, do_normalize=True, image_mean=mean, image_std=std)
+    # bridge.py's evaluation of an image file (data.decode), for transformers' image processors:
+    # RGB, the shorter side resized to img_size (bicubic), the central square, the normalization
+    processor = dict(image_processor_type='CLIPImageProcessor', do_convert_rgb=True,
+                     do_resize=True, size=dict(shortest_edge=mc.img_size), resample=3,
+                     do_center_crop=True, crop_size=dict(height=mc.img_size, width=mc.img_size),
+                     do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=mean,
+                     image_std=std)
     for name, content in (('config.json', hf), ('image_config.json', image_config),
                           ('preprocessor_config.json', processor)):
         with open(os.path.join(folder, name), 'w') as f:
@@ -158,9 +158,9 @@ Bias: A Strong Foundation for General Vision Tasks* (TMLR 2026).
 - `image.safetensors`: the patch embedding (`patch.weight`, `patch.bias`: a Conv2d with kernel =
   stride = patch) and the classifier (`head.weight`, `head.bias`).
 - `image_config.json`: image and patch size, the class names, the normalization, the pooling.
-- `preprocessor_config.json`: the evaluation transform for transformers' image processors (a
-  bicubic resize of the whole image to {image['img_size']} px square, then the normalization):
-  what the test accuracy above was measured with.
+- `preprocessor_config.json`: what `bridge.py` does to an image file before it evaluates it, for
+  transformers' image processors: RGB (grayscale and palette images too), the shorter side resized
+  to {image['img_size']} px (bicubic), the central square, the normalization.
 
 ```python
 import json, torch
@@ -171,7 +171,7 @@ gpt2 = GPT2Model.from_pretrained('{out}').eval()
 processor = AutoImageProcessor.from_pretrained('{out}')  # resize + normalize, as evaluated
 parts, cfg = load_file('{out}/image.safetensors'), json.load(open('{out}/image_config.json'))
 
-def classify(images):  # square PIL images or (B, 3, H, W) uint8 arrays (bridge.py crops the center)
+def classify(images):  # PIL images of any size and mode, or (B, 3, H, W) uint8 arrays
     pixels = processor(images, return_tensors='pt')['pixel_values']  # (B, 3, img_size, img_size)
     x = torch.nn.functional.conv2d(pixels, parts['patch.weight'], parts['patch.bias'],
                                    stride=cfg['patch_size'])

@@ -1,26 +1,24 @@
 """
-GPT-2, exactly as OpenAI trained it, with an image path bolted on in front.
+GPT-2, exactly as OpenAI trained it, with an image path in front (Luo & Shen, TMLR 2026).
 
 Text:   token ids -> wte + wpe -> blocks -> ln_f -> logits (tied to wte)             (GPT-2 itself)
-Images: image -> Conv2d patches -> + wpe -> the same blocks -> ln_f -> pool -> head   (the paper)
+Images: image -> Conv2d patches -> + wpe -> the same blocks -> ln_f -> last token -> head
 
-The image path is what the paper (Luo & Shen, TMLR 2026) trains: the author's code feeds patch
-tokens to HF GPT2Model through `inputs_embeds`, so GPT-2's learned position table wpe is added,
-attention stays causal, and the LAST token (the only one that sees every patch) feeds the head.
-Parameter names follow OpenAI's checkpoint layout, so `from_pretrained` maps keys one to one;
-`python sample.py gpt2 "Hello, I'm a language model,"` shows that the weights are GPT-2's.
+The image path is the paper's code's, HF GPT2Model(inputs_embeds=patch tokens): wpe is added,
+attention stays causal, and the last token, the only one that sees every patch, feeds the head.
 """
+import json
 import math
+import os
 import re
 from dataclasses import dataclass
 
+import safetensors.torch
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import UserError
-from weights import (IGNORED, OFFICIAL, SIZES, check_keys, check_parts, exported_image, locate,
-                     read_weights, shape_of)
 
 
 @dataclass
@@ -36,9 +34,21 @@ class GPTConfig:
     patch_size: int = 16     # ... cut into (img_size // patch_size)**2 patch tokens
 
 
+# the four checkpoints OpenAI released; a single weights file is recognised by its width
+OFFICIAL = {
+    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),   # 124M
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M, the paper's backbone
+    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+WEIGHTS_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/model.safetensors'
 # OpenAI's GPT-2 uses Conv1D layers that store weights as [in, out]; nn.Linear wants [out, in]
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-FREEZABLE = ('wpe', 'ln_f', 'patch', 'head')  # the parts outside the blocks that --freeze can name
+# keys in GPT-2 checkpoints that are not parameters: causal-mask buffers, the tied output layer
+IGNORED = re.compile(r'(^|\.)attn\.(masked_)?bias$|^lm_head\.weight$')
+# config.json settings that change what GPT-2 computes, and the values this GPT-2 computes with
+COMPUTES = dict(activation_function=('gelu_new', 'gelu_pytorch_tanh'), layer_norm_epsilon=(1e-5,),
+                scale_attn_weights=(True,), scale_attn_by_inverse_layer_idx=(False,))
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,10 +124,6 @@ class GPT(nn.Module):
             if name.endswith('c_proj.weight'):  # residual projections scaled by depth, as in GPT-2
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    @property
-    def n_patches(self):
-        return (self.config.img_size // self.config.patch_size) ** 2
-
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -127,16 +133,9 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(module.bias)
 
     # ---------------------------------------------------------------- forward passes
-    def embed(self, x):
-        """(B, T, C) token embeddings -> (B, T, C) the input of block 0: + wpe[0:T], dropout."""
-        T = x.size(1)
-        if T > self.config.block_size:
-            raise UserError(f"{T} tokens exceed GPT-2's {self.config.block_size} positions")
-        return self.transformer.drop(x + self.transformer.wpe.weight[:T])
-
     def body(self, x):
-        """(B, T, C) token embeddings -> (B, T, C) hidden states: embed, the blocks, ln_f."""
-        x = self.embed(x)
+        """(B, T, C) token embeddings -> (B, T, C) hidden states: + wpe[0:T], the blocks, ln_f."""
+        x = self.transformer.drop(x + self.transformer.wpe.weight[:x.size(1)])
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
@@ -147,21 +146,13 @@ class GPT(nn.Module):
         return x.flatten(2).transpose(1, 2)   # (B, T=(H/p)*(W/p), C)
 
     def features(self, images):
-        """(B, 3, H, W) -> (B, C) features: the last token's, the only one that sees every patch
+        """(B, 3, H, W) -> (B, C): the last token's features, the only one that sees every patch
         under the causal mask (the paper's code, FPT). What the head sees; for probes and t-SNE."""
         return self.body(self.patch_tokens(images))[:, -1]
 
     def forward(self, images):
         """(B, 3, H, W) -> (B, n_classes) logits."""
         return self.head(self.features(images))
-
-    def hidden_states(self, images):
-        """(B, 3, H, W) -> every layer's (B, T, C) tokens, for probes: the input of block 0
-        (patches + wpe), the output of each block, and after ln_f (what features pools)."""
-        states = [self.embed(self.patch_tokens(images))]
-        for block in self.transformer.h:
-            states.append(block(states[-1]))
-        return states + [self.transformer.ln_f(states[-1])]
 
     def lm_logits(self, idx):
         """(B, T) token ids -> (B, T, vocab) next-token logits; GPT-2's output layer is wte."""
@@ -170,73 +161,56 @@ class GPT(nn.Module):
     # ---------------------------------------------------------------- partial bridge training
     def freeze(self, spec):
         """Freeze exactly the parts that spec names (freeze_spec), unfreeze the rest, print it."""
-        names = [m for m in FREEZABLE if hasattr(self, m) or m in self.transformer]
+        names = [m for m in ('wpe', 'ln_f', 'patch', 'head') if hasattr(self, m) or m in
+                 self.transformer]
         blocks, parts = freeze_spec(spec, self.config.n_layer, names)
         for name, p in self.named_parameters():
             where = name.removeprefix('transformer.').split('.')  # ['h', '3', ...] or ['wpe', ...]
             p.requires_grad = not (where[0] in parts or where[0] == 'h' and int(where[1]) in blocks)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
-        what = [f"blocks {sorted(blocks)} ({len(blocks)} of {self.config.n_layer})"]
-        print(f"freeze: {', '.join(what * bool(blocks) + sorted(parts)) or 'nothing'}; "
-              f"{frozen / 1e6:.2f}M of {total / 1e6:.2f}M parameters frozen, "
-              f"{(total - frozen) / 1e6:.2f}M trainable")
+        what = [f"blocks {sorted(blocks)} ({len(blocks)} of {self.config.n_layer})"] * bool(blocks)
+        print(f"freeze: {', '.join(what + sorted(parts)) or 'nothing'}; {frozen / 1e6:.2f}M of "
+              f"{total / 1e6:.2f}M parameters frozen, {(total - frozen) / 1e6:.2f}M trainable")
 
     # ---------------------------------------------------------------- loading OpenAI's weights
     @classmethod
-    def from_pretrained(cls, source, keep_head=True, **overrides):
-        """GPT-2 with OpenAI's weights. source: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
-        (downloaded once), a directory in HF layout (config.json + model.safetensors or
-        pytorch_model.bin), or one .safetensors/.bin file of an official width (the shapes give
-        the rest). An export of export.py also brings its patch embedding and head (kept if
-        keep_head and the class count is the same). overrides: GPTConfig fields the checkpoint
-        lacks (n_classes, vocab_size=0...)."""
+    def from_pretrained(cls, source, **overrides):
+        """GPT-2 with OpenAI's weights, from 'gpt2'...'gpt2-xl' (downloaded once), an HF directory
+        or one weights file (see locate). overrides: fields the checkpoint lacks (n_classes...)."""
         path, hf = locate(source)
         sd = {k.removeprefix('transformer.'): v for k, v in read_weights(path).items()
               if not IGNORED.search(k)}
-        fields, image = exported_image(source)
-        for k in SIZES:  # part of an exported network: never changed
-            if fields and overrides.get(k, fields[k]) != fields[k]:
-                raise UserError(f"{source} was trained with {k} {fields[k]}, part of its network, "
-                                f"not {overrides[k]}")
-        config = GPTConfig(**{**shape_of(sd, hf, path), **fields, **overrides})
-        if config.n_embd % config.n_head:
-            raise UserError(f"{source}: n_embd {config.n_embd} is not a multiple of n_head "
-                            f"{config.n_head}")
-        check_parts(source, image, fields, config.n_embd)
+        if not {'wte.weight', 'wpe.weight'} <= sd.keys():
+            raise UserError(f"{path} is not a GPT-2 checkpoint: it has no wte and wpe weights")
+        (positions, n_embd), vocab = sd['wpe.weight'].shape, len(sd['wte.weight'])
+        n_head = hf.get('n_head') or {c['n_embd']: c['n_head'] for c in OFFICIAL.values()}.get(
+            n_embd)  # a bare file: an official width says its heads
+        if not n_head:
+            raise UserError(f"{path}: width {n_embd} is not an official GPT-2 size: give a "
+                            f"directory with its config.json")
+        n_layer = len({k.split('.')[1] for k in sd if k.startswith('h.')})
+        config = GPTConfig(**{**dict(block_size=positions, vocab_size=vocab, n_layer=n_layer,
+                                     n_head=n_head, n_embd=n_embd), **overrides})
         model = cls(config)
         if not config.vocab_size:  # an image model keeps no token embedding
             del sd['wte.weight']
         sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}  # Conv1D: [in, out]
-        where = f"{path} does not fit GPT-2 {config.n_layer}x{config.n_embd}"
         try:
-            missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
-        except RuntimeError as e:  # 'size mismatch for KEY: ...', a line per tensor
-            raise UserError(f"{where}: {str(e).splitlines()[1].strip()}") from None
-        check_keys(where, missing, unexpected)
-        parts = model.load_image_parts(image, keep_head)
+            model.transformer.load_state_dict(sd)
+        except RuntimeError as e:  # missing or unexpected keys, shapes: a line each after the first
+            raise UserError(f"{path} does not fit GPT-2 {n_layer}x{n_embd}: "
+                            f"{str(e).splitlines()[1].strip()}") from None
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"loaded GPT-2 {config.n_layer} layers x {config.n_embd} wide, {config.n_head} "
-              f"head{'s' * (config.n_head > 1)} "
-              f"from {path}: {len(sd)} tensors{' (no wte: image model)' * (not config.vocab_size)}"
-              f"{parts}; {n_params / 1e6:.2f}M parameters")
+        print(f"loaded GPT-2 {n_layer} layers x {n_embd} wide, {n_head} heads from {path}: "
+              f"{len(sd)} tensors{' (no wte: an image model)' * (not config.vocab_size)}; "
+              f"{n_params / 1e6:.2f}M parameters")
         return model
-
-    def load_image_parts(self, image, keep_head):
-        """The patch embedding and head of an export, into this model -> what was loaded, said."""
-        if not image:
-            return ''
-        self.patch.load_state_dict({k[6:]: v for k, v in image.items() if k.startswith('patch.')})
-        if keep_head and image['head.weight'].shape == self.head.weight.shape:
-            self.head.load_state_dict({k[5:]: v for k, v in image.items() if k.startswith('head.')})
-            return '; its patch embedding and head from image.safetensors'
-        return '; its patch embedding from image.safetensors, a new head'
 
     # ---------------------------------------------------------------- optimizer, speed accounting
     def configure_optimizers(self, weight_decay, learning_rate, betas):
-        """AdamW over the trainable parameters only; decay on matrices and embeddings, not on
-        biases and LayerNorms; torch's fused kernel wherever it has one for the device (CUDA and
-        CPU: a GPT-2-small step takes 180 ms instead of 650 on one core)."""
+        """AdamW over the trainable parameters only, fused where torch has the kernel; decay on
+        matrices and embeddings, not on biases and LayerNorms."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -254,8 +228,8 @@ class GPT(nn.Module):
     def flops_per_image(self):
         """Training FLOPs an image (PaLM appendix B): 6N a token + attention 12*L*T*C a token."""
         N = sum(p.numel() for n, p in self.named_parameters() if 'wpe' not in n and 'wte' not in n)
-        T, L, C = self.n_patches, self.config.n_layer, self.config.n_embd
-        return (6 * N + 12 * L * T * C) * T
+        T = (self.config.img_size // self.config.patch_size) ** 2
+        return (6 * N + 12 * self.config.n_layer * T * self.config.n_embd) * T
 
 
 def check_image_config(config):
@@ -269,11 +243,10 @@ def check_image_config(config):
                         f"img_size")
 
 
-def freeze_spec(spec, n, names=FREEZABLE):
-    """Partial bridge training: the parts of an n-block model that spec keeps at their loaded values
-    -> (block indices, part names). spec: comma-separated items. 'A-B' = blocks A..B-1 (half-open
-    like range(A, B): '0-5' = the first five blocks, the paper's partial setting), 'N' = block N,
-    'wpe', 'ln_f', 'patch', 'head', 'all' (every block + wpe + ln_f), or 'none' alone."""
+def freeze_spec(spec, n, names=('wpe', 'ln_f', 'patch', 'head')):
+    """--freeze in an n-block model -> (block indices, part names). Items: 'A-B' = blocks A..B-1,
+    'N', 'all' (every block, ln_f), the names, or 'none'. Block 0 takes wpe, its input, with it:
+    the author's code froze wte, wpe, blocks 0-4, and '0-5' is that (an image model has no wte)."""
     items = [s.strip() for s in str(spec).split(',')]
     blocks, parts = set(), set()
     for item in items:
@@ -281,7 +254,6 @@ def freeze_spec(spec, n, names=FREEZABLE):
         span = range(int(m[1]), int(m[2] or int(m[1]) + 1)) if m else range(0)
         if item == 'all':
             blocks.update(range(n))
-            parts.update(('wpe', 'ln_f'))
         elif item in names:
             parts.add(item)
         elif span and span.stop <= n:
@@ -291,6 +263,10 @@ def freeze_spec(spec, n, names=FREEZABLE):
                             f"use block ranges A-B (blocks A..B-1, 0 <= A < B <= {n}) or single "
                             f"blocks N < {n}, and/or {', '.join(list(names) + ['all'])}; or 'none' "
                             f"alone")
+    if 0 in blocks:  # block 0's input goes with it
+        parts.add('wpe')
+    if 'all' in items:
+        parts.add('ln_f')
     return blocks, parts
 
 
@@ -300,8 +276,62 @@ def architecture(name):
     if name in OFFICIAL:
         return OFFICIAL[name]
     m = re.fullmatch(r'([1-9]\d*)x([1-9]\d*)', name)
-    n_head = max(1, int(m[2]) // 64) if m else 0
     if not m or int(m[2]) % 64 and int(m[2]) > 64:  # 4x100 would be one head of 100
         raise UserError(f"--model {name!r}: use {', '.join(OFFICIAL)} or LAYERSxWIDTH "
                         f"(e.g. 4x128; a width below 64 or a multiple of 64)")
-    return dict(n_layer=int(m[1]), n_head=n_head, n_embd=int(m[2]))
+    return dict(n_layer=int(m[1]), n_head=max(1, int(m[2]) // 64), n_embd=int(m[2]))
+
+
+# ---------------------------------------------------------------- where the weights are
+def locate(source):
+    """A source of GPT-2 weights -> (the weights file, its HF config.json as a dict, or {})."""
+    if source in OFFICIAL:
+        return download(source), {}
+    if os.path.isfile(source):
+        return source, {}
+    files = [os.path.join(source, f) for f in ('model.safetensors', 'pytorch_model.bin')]
+    files = [f for f in files if os.path.isfile(f)]
+    config = os.path.join(source, 'config.json')
+    if not os.path.isdir(source):
+        raise UserError(f"no weights '{source}': no such file or directory; use one of "
+                        f"{', '.join(OFFICIAL)}, a checkpoint directory or .safetensors/.bin file")
+    if not files or not os.path.isfile(config):
+        raise UserError(f"{source} is not a GPT-2 checkpoint directory: expected config.json and "
+                        f"model.safetensors or pytorch_model.bin in it")
+    try:
+        with open(config) as f:
+            hf = dict(json.load(f))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{config} is not a JSON object of GPT-2's settings ({e})") from None
+    for k, ours in COMPUTES.items():  # another model's setting would change every logit
+        if hf.get(k, ours[0]) not in ours:
+            raise UserError(f"{config}: {k} {hf[k]!r} is not what this GPT-2 computes "
+                            f"({ours[0]!r}, OpenAI's): it would change every logit")
+    return files[0], hf
+
+
+def download(name):
+    """OpenAI's weights of an official size, downloaded once into torch.hub's cache -> path."""
+    path = os.path.join(torch.hub.get_dir(), 'gpt2', f'{name}.safetensors')
+    if not os.path.exists(path):
+        url = WEIGHTS_URL.format(name=name)
+        print(f"downloading {name} weights from {url} to {path}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, progress=True)  # a temp file, then a rename
+        except OSError as e:  # urllib's URLError is an OSError
+            raise UserError(f"could not download {name} from {url} ({e}); offline? download "
+                            f"model.safetensors elsewhere and give its path instead of '{name}', "
+                            f"or put it at {path}") from None
+    return path
+
+
+def read_weights(path):
+    """A .safetensors or torch.save file -> its tensors on the CPU; a bad file is one line."""
+    try:
+        if path.endswith('.safetensors'):
+            return safetensors.torch.load_file(path)
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated, corrupt, not weights at all, a pickle that runs code
+        first = (str(e).splitlines() or [''])[0][:200]
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {first}") from None

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import UserError, parse, pick_device, run_cli
-from model import GPT
-from weights import export_config, read_weights
+from model import GPT, read_weights
 
 start = "Hello, I'm a language model,"  # the prompt (also the second word of the command line)
 num_samples = 2                         # samples drawn
@@ -23,7 +22,7 @@ top_k = 200                             # sample among the k likeliest tokens on
 seed = 1337                             # the sampling's seed
 device = 'cpu'                          # auto, cuda, cuda:N, cpu or mps
 
-POSITIVE = ('num_samples', 'max_new_tokens', 'temperature')
+RANGES = dict(num_samples=(1, 1e9), max_new_tokens=(1, 1e9), temperature=(1e-9, 1e9))
 GPT2_BPE = tuple(f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}"
                  for name in ('vocab.bpe', 'encoder.json'))  # what tiktoken fetches for 'gpt2'
 
@@ -75,18 +74,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None):
 def language_model(source):
     """GPT.from_pretrained(source), refusing bridge.py's image checkpoints with the reason."""
     if source.endswith(('.pt', '.pth')):
-        weights = read_weights(source, mmap=True)
+        weights = read_weights(source)
         if isinstance(weights, dict) and {'model', 'model_config', 'config'} <= weights.keys():
             raise UserError(f"{source} is an image model of bridge.py: it keeps no token embedding "
                             f"(wte), so it has no text to sample; sample from the language model "
                             f"it started from, {weights['config'].get('init_from', '?')}")
-    exported = export_config(source)
-    if exported is not None:
-        raise UserError(f"{source} is an export of an image model (export.py): it keeps no token "
-                        f"embedding, so it has no text to sample; sample from the language model "
-                        f"it started from, {exported.get('init_from', '?')}")
     model = GPT.from_pretrained(source).eval()
-    if model.config.vocab_size < 256:  # byte-level tokens need 256
+    if model.config.vocab_size < 256:  # byte-level tokens need 256; an export of export.py has 1
         raise UserError(f"{source} has a vocabulary of {model.config.vocab_size} tokens: sample.py "
                         f"reads GPT-2's BPE (50257) or bytes (at least 256 tokens)")
     return model
@@ -102,7 +96,7 @@ def main(argv):
                         '--top_k K --seed S --device D]')
     source, words = argv[0], argv[1:]
     prompt = [words.pop(0)] if words and not words[0].startswith('--') else []
-    f = parse(['--start', *prompt, *words] if prompt else words, globals(), positive=POSITIVE)[0]
+    f = parse(['--start', *prompt, *words] if prompt else words, globals(), ranges=RANGES)[0]
     dev = pick_device(f.device)
     model = language_model(source).to(dev)
     if model.config.vocab_size == 50257:

@@ -1,5 +1,5 @@
 # The README's CPU example, stage 1: a 4x128 GPT-2 from scratch on scikit-learn's 8x8 digits
-# (make the folder with the README's snippet first). python bridge.py config/digits_bridge.py
+# (python prepare.py digits data/digits first). python bridge.py config/digits_bridge.py
 stage = 'bridge'
 init_from = 'scratch'
 model = '4x128'
@@ -13,4 +13,4 @@ lr = 1e-3
 eval_interval = 100
 device = 'cpu'
 compile = False
-out_dir = 'out/smoke_bridge'
+out_dir = 'out/digits_bridge'
