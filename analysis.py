@@ -723,7 +723,7 @@ def compare(sources, f):
     for i, r in enumerate(rows):
         ax.text(i, 100 * r['test_acc'] + 1, f"{100 * r['test_acc']:.1f}%", ha='center', fontsize=8)
     band = 100 * noise(base['test_acc'], base['test_acc'], n)
-    ax.axhspan(100 * base['test_acc'] - band, 100 * base['test_acc'] + band, color='0.85',
+    ax.axhspan(100 * base['test_acc'] - band, 100 * base['test_acc'] + band, color='0.85', zorder=0,
                label=f"within noise of {base['arm']} (2 standard errors, {n} test images)")
     ax.axhline(100 * chance, color='k', ls=':', lw=1, label=f"chance ({chance:.1%})")
     ax.set_xticks(range(len(rows)), [r['arm'] for r in rows], rotation=20, fontsize=8)

@@ -287,9 +287,9 @@ def open_run(c, given, env):
                         f"{', '.join(OFFICIAL)}, scratch, resume, a ckpt.pt of bridge.py, or a "
                         f"Hugging Face checkpoint (a directory, .safetensors or .bin)")
     check_flags(c, given, ckpt)
-    found = [n for n in RUN_FILES if os.path.lexists(os.path.join(c.out_dir, n))]
     if c.stage == 'eval':
         return c, ckpt, False
+    found = [n for n in RUN_FILES if os.path.lexists(os.path.join(c.out_dir, n))]
     if found:  # a dangling link counts: a disk that is not mounted
         raise UserError(f"{c.out_dir} holds a run ({', '.join(found)}): continue it with "
                         f"--init_from resume, or its command with --auto_resume True; or start "

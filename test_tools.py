@@ -264,6 +264,10 @@ def test_compare_gives_each_arm_a_verdict_against_the_test_sets_noise(tmp_path, 
         with pytest.raises(UserError, match=r'compare: .* did not evaluate on the .* of scratch: their accuracies are '
                                             r'not comparable'):
             analysis.main(['compare', arms[0], arm, '--out', str(tmp_path / 'x')])
+    a, b = (tmp_path / 'loop_a' / 'ckpt.pt', tmp_path / 'loop_b' / 'ckpt.pt')  # each the other's start
+    loop = [arm_dir(tmp_path, 'loop_a', 0.5, init_from=str(b)), arm_dir(tmp_path, 'loop_b', 0.5, init_from=str(a))]
+    assert [r['label'] for r in analysis.main(['compare', *loop, '--out', str(tmp_path / 'l')])['arms']] == [
+        'ckpt.pt -> finetune -> finetune -> finetune', 'ckpt.pt -> finetune -> finetune -> finetune']
     (tmp_path / 'pct').mkdir()
     (tmp_path / 'pct' / 'metrics.jsonl').write_text('{"iter": 1, "epoch": 1, "train_acc": 0.5, "test_acc": 57}\n')
     with pytest.raises(UserError, match=r'pct/metrics.jsonl, line 1: an accuracy outside \[0, 1\]'):
