@@ -118,7 +118,8 @@ def build(c, device):
     hf_net = torch.compile(theirs) if c.hf_compile else theirs
     steps = {'ours': trainer(ours_net, ours_opt, ours_dt, device),
              'hf': trainer(hf_net, hf_opt, hf_dt, device)}
-    print(f"{cfg.n_layer} layers x {cfg.n_embd} wide, {(cfg.img_size // cfg.patch_size) ** 2} tokens an image, batch "
+    tokens = (cfg.img_size // cfg.patch_size) ** 2
+    print(f"{cfg.n_layer} layers x {cfg.n_embd} wide, {tokens} tokens an image, batch "
           f"{c.batch_size}, {device}; ours {ours_dt} compile={c.compile}, transformers "
           f"{transformers.__version__} {hf_dt} compile={c.hf_compile}")
     return steps, ours, {'ours': ours_dt, 'hf': hf_dt}

@@ -373,8 +373,8 @@ def same_start(run, start, where):
     if (now['run'], now['iter']) != (start['run'], start['iter']):
         run_now = 'the same run' if now['run'] == start['run'] else 'another run'
         raise UserError(f"{where} started from {source} at step {start['iter']}, which now holds "
-                        f"step {now['iter']} of {run_now}: the start has changed since (hand the new "
-                        f"one on into another --out_dir)")
+                        f"step {now['iter']} of {run_now}: the start has changed since (hand the "
+                        f"new one on into another --out_dir)")
 
 
 def handed_on(c, given, ckpt):
@@ -473,10 +473,10 @@ def begin(c, env, raw, resumed, opt, scaler, total, per_epoch, warmup):
     mb = (sum(v.numel() * v.element_size() for v in raw.state_dict().values()) + moments) / 1e6
     hours = f"; {flops / (0.4 * r.peak * env.world) / 3600:.1f} h at 40% MFU" if r.peak else ''
     print(f"{total} steps ({per_epoch:.1f} an epoch), lr {c.lr:.2e}, warmup {warmup}, cosine to "
-          f"{c.min_lr:g}; eval every {r.eval_every} steps into {c.out_dir}\ncost: {total:,} steps x "
-          f"{r.images} images = {total * r.images:,} images, {flops:.3g} FLOPs to train "
-          f"({r.flops:.3g} an image); each checkpoint {mb:,.1f} MB (weights and AdamW's moments)"
-          f"{hours}")
+          f"{c.min_lr:g}; eval every {r.eval_every} steps into {c.out_dir}")
+    print(f"cost: {total:,} steps x {r.images} images = {total * r.images:,} images, {flops:.3g} "
+          f"FLOPs to train ({r.flops:.3g} an image); each checkpoint {mb:,.1f} MB (weights and "
+          f"AdamW's moments){hours}")
     r.last = r.saved = time.time()
     r.start = r.last - r.elapsed
     return r

@@ -187,7 +187,7 @@ def balanced_subset(y, n, seed):
 
 
 def take(d, split, n, seed, flag='--subset'):
-    """d with a seeded, class-balanced subset of n images of one split; all of it if n >= its size."""
+    """d with a seeded, class-balanced subset of n images of one split (all, if it has no more)."""
     x, y = d[split]
     if n >= len(y):
         print(f"{flag} {n}: the {split} split holds {len(y)} images, all of them used")

@@ -1,9 +1,9 @@
 """
 One-time data steps, off a run's path (as nanoGPT's data/*/prepare.py scripts):
 
-  python prepare.py digits DATA_DIR         # scikit-learn's 8x8 digits as an image folder (offline)
-  python prepare.py tinyimagenet DATA_DIR   # Tiny-ImageNet into DATA_DIR/tinyimagenet, class folders
-  python prepare.py check DIR               # decode every image under DIR; name every bad file
+  python prepare.py digits DATA_DIR        # scikit-learn's 8x8 digits as an image folder, offline
+  python prepare.py tinyimagenet DATA_DIR  # Tiny-ImageNet in DATA_DIR/tinyimagenet, class folders
+  python prepare.py check DIR              # decode every image under DIR; name every bad file
 
 tinyimagenet takes tiny-imagenet-200.zip as distributed (downloaded into DATA_DIR if missing) or
 its extracted tiny-imagenet-200/, and sorts val's images into class folders by
@@ -59,7 +59,8 @@ def tiny_imagenet(data_dir):
             src = os.path.join(tmp, 'tiny-imagenet-200')
         place = shutil.move if src.startswith(tmp) else shutil.copy2  # the user's folder stays
         with open(f"{src}/val/val_annotations.txt") as f:  # file, wnid, box
-            moves = [(f"val/images/{row[0]}", f"val/{row[1]}/{row[0]}") for row in map(str.split, f)]
+            rows = [line.split() for line in f]
+        moves = [(f"val/images/{row[0]}", f"val/{row[1]}/{row[0]}") for row in rows]
         for w in os.listdir(f"{src}/train"):
             moves += [(f"train/{w}/images/{name}", f"train/{w}/{name}")
                       for name in os.listdir(f"{src}/train/{w}/images")]
@@ -77,7 +78,7 @@ def tiny_imagenet(data_dir):
 
 
 def check(top):
-    """Decodes every image file under top, as training would, with all cores; exit 1 on a bad one."""
+    """Decodes every image file under top, as training would, on all cores; exit 1 on a bad one."""
     samples = [(os.path.join(folder, f), 0) for folder, _, files in sorted(os.walk(top))
                for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
     print(f"{top}: decoding {len(samples)} image files")
@@ -95,7 +96,7 @@ def check(top):
 def main(argv):
     steps = dict(digits=digits, tinyimagenet=tiny_imagenet, check=check)
     if len(argv) != 2 or argv[0] not in steps:
-        raise UserError("usage: python prepare.py digits DATA_DIR | tinyimagenet DATA_DIR | check DIR")
+        raise UserError("usage: python prepare.py digits DIR | tinyimagenet DIR | check DIR")
     steps[argv[0]](argv[1])
 
 
