@@ -54,7 +54,7 @@ arm() {  # one run of bridge.py: the scale's flags, the arm's, the data, the use
 arm --stage bridge --init_from "$GPT2" --out_dir "$out/bridge"
 python -c "import json, sys
 t = json.loads(open(sys.argv[1]).readlines()[-1])['elapsed_s']
-print(f'the first run took {t:.0f} s: the 8 take about {8 * t / 60:.0f} minutes here')" \
+print(f'the first run took {t:.0f} s: the 8 take about {8 * t / 60:.1f} minutes here')" \
     "$out/bridge/metrics.jsonl"
 arm --stage bridge --init_from "$GPT2" --freeze "$FREEZE" --out_dir "$out/bridge_p5"
 arm --stage bridge --init_from scratch --model "$MODEL" --out_dir "$out/bridge_scratch"

@@ -324,7 +324,7 @@ def test_the_lab_runs_offline_on_a_local_gpt2_and_a_folder_and_ends_with_a_verdi
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'scratch 4x64, partial bridge --freeze 0-3' in r.stdout and r.stdout.count('step 4/4') == 8
     assert '--subset 2000: the train split holds 128 images, all of them used' in r.stdout
-    assert re.search(r'the first run took \d+ s: the 8 take about \d+ minutes here', r.stdout)
+    assert re.search(r'the first run took \d+ s: the 8 take about [\d.]+ minutes here', r.stdout)
     summary = json.load(open(tmp_path / 'lab' / 'compare.json'))
     assert [a['arm'] for a in summary['arms']] == ['scratch', 'gpt2', 'gpt2_bridge', 'gpt2_bridge_p5', 'scratch_bridge']
     assert [a['label'] for a in summary['arms']] == [
