@@ -147,8 +147,9 @@ def load_run(src, device):
         raise UserError(f"{src} is not a bridge.py run directory: it has no ckpt.pt")
     ckpt = load_checkpoint(os.path.join(src, 'ckpt.pt'))
     c = SimpleNamespace(**ckpt['config'])
-    same_start(ckpt['config'], ckpt['start'], src)  # a hand-off's start must be as it was
-    source = load_checkpoint(c.init_from) if c.init_from.endswith(('.pt', '.pth')) else None
+    if c.init_from.endswith(('.pt', '.pth')) and not os.path.isfile(c.init_from):
+        raise UserError(f"{src} started from {c.init_from}, which is not there any more")
+    source = same_start(ckpt['config'], ckpt['start'], src)  # the checkpoint as it was, or refused
     net = start_model(c, ckpt['data']['classes'], source)[0]
     print(f"{src}: the run's weights at step 0, rebuilt from {c.init_from}")
     return net.to(device).eval(), c, ckpt

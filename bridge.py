@@ -279,7 +279,7 @@ def open_run(c, given, env):
         handed_on(c, given, ckpt)
     if c.stage != 'eval' and (c.init_from == 'resume' or c.auto_resume and os.path.isfile(path)):
         run = load_checkpoint(path)
-        return resumed(c, given, run, env), run, True
+        return resumed(c, given, run, env, ckpt), run, True
     if ckpt is None and c.stage == 'eval':
         raise UserError(f"--stage eval needs --init_from a ckpt.pt of bridge.py, not {c.init_from}")
     if not ckpt and c.init_from not in (*OFFICIAL, 'scratch') and not os.path.exists(c.init_from):
@@ -331,7 +331,7 @@ def load_checkpoint(path):
     return ckpt
 
 
-def resumed(c, given, ckpt, env):
+def resumed(c, given, ckpt, env, source=None):
     """The config of a resume. --init_from resume: the run's; a flag given must repeat the run's
     value unless RESUMABLE. --auto_resume: each flag of this command, given or not, must equal the
     run's but RESUMABLE ones. A flag added to bridge.py since the run began takes its default."""
@@ -356,25 +356,26 @@ def resumed(c, given, ckpt, env):
                         f"--auto_resume does not take over: continue it with --init_from resume")
     if ckpt['world'] != env.world:
         raise UserError(f"{c.out_dir} ran as {ckpt['world']} processes: resume it with as many")
-    same_start(run, ckpt['start'], c.out_dir)
+    same_start(run, ckpt['start'], c.out_dir, source)
     print(f"{'--auto_resume: ' * (not explicit)}{c.out_dir} holds this run at step {ckpt['iter']}:"
           f" continuing it")
     mine = {k: getattr(c, k) for k in given - {'init_from'}} if explicit else vars(c)
     return SimpleNamespace(**{**run, **mine, 'out_dir': c.out_dir})
 
 
-def same_start(run, start, where):
+def same_start(run, start, where, now=None):
     """A run handed on from a checkpoint goes on only while that is the checkpoint it started
-    from: the same run, at the same step."""
+    from: the same run, at the same step. -> that checkpoint (now: it, already read), or None."""
     source = run['init_from']
     if not (source.endswith(('.pt', '.pth')) and os.path.isfile(source)):
-        return
-    now = load_checkpoint(source)
+        return None
+    now = now or load_checkpoint(source)
     if (now['run'], now['iter']) != (start['run'], start['iter']):
         run_now = 'the same run' if now['run'] == start['run'] else 'another run'
         raise UserError(f"{where} started from {source} at step {start['iter']}, which now holds "
                         f"step {now['iter']} of {run_now}: the start has changed since (hand the "
                         f"new one on into another --out_dir)")
+    return now
 
 
 def handed_on(c, given, ckpt):
