@@ -257,6 +257,25 @@ def test_a_signal_stops_the_run_after_its_step_with_a_checkpoint_and_exit_128_pl
     assert resumed['iter'] == step + 2
 
 
+@pytest.mark.parametrize('sig, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+def test_a_stopped_run_exits_128_plus_its_signal(sig, status, monkeypatch):
+    def stopped(argv):
+        raise Stopped(sig)
+    monkeypatch.setattr(sys, 'argv', ['bridge.py'])
+    with pytest.raises(SystemExit) as e:
+        configurator.run_cli(stopped)
+    assert e.value.code == status  # never 0: `bridge.py ... && bridge.py --stage finetune ...` stops
+
+
+def test_wandb_without_its_package_is_one_line_before_any_work(folder, tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'wandb' else real(name, *a))
+    with pytest.raises(UserError, match=r'^--wandb True needs the wandb package: pip install wandb$'):
+        run(folder, tmp_path / 'r', '--wandb')
+    assert not os.path.exists(tmp_path / 'r')
+
+
 def test_a_signal_during_start_up_stops_at_once_and_hands_the_handlers_back(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(bridge, 'load_dataset', lambda *a: signal.raise_signal(signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)
