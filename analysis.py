@@ -157,12 +157,17 @@ def load_run(src, device):
 
 def hidden_states(net, images):
     """(B, 3, H, W) -> every layer's (B, T, C) tokens, for probes: the input of block 0 (patches +
-    wpe), the output of each block, and after ln_f (what GPT.features pools)."""
-    t, x = net.transformer, net.patch_tokens(images)
-    states = [t.drop(x + t.wpe.weight[:x.size(1)])]
-    for block in t.h:
-        states.append(block(states[-1]))
-    return states + [t.ln_f(states[-1])]
+    wpe), the output of each block, and after ln_f (what GPT.features pools), as GPT.body
+    computes them: hooks on its modules, not a second copy of it."""
+    t, states = net.transformer, []
+    hooks = [m.register_forward_hook(lambda m, i, out: states.append(out))
+             for m in (t.drop, *t.h, t.ln_f)]
+    try:
+        net.body(net.patch_tokens(images))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return states
 
 
 # ----------------------------------------------------------------------------- Fig. 2: outliers

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bridge import PEAK_FLOPS
+from bridge import autocast_dtype, peak_flops
 from configurator import UserError, parse, pick_device, run_cli, to_json
 from data import Images, augment, scan, train_batches
 from model import GPT, GPTConfig, architecture
@@ -43,19 +43,6 @@ num_workers = 4          # --stream: the decoding processes
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 CHOICES = dict(dtype=DTYPES, hf_dtype=DTYPES)
 RANGES = {k: (1, math.inf) for k in ('img_size', 'patch_size', 'batch_size', 'steps', 'rounds')}
-
-
-def autocast_dtype(name, device, on_cuda='bfloat16'):
-    """--dtype -> a torch dtype: 'auto' is on_cuda on CUDA, float32 elsewhere (as bridge.py)."""
-    if name == 'auto':
-        name = on_cuda if device.type == 'cuda' else 'float32'
-    return getattr(torch, name)
-
-
-def peak_flops(device):
-    """The dense bf16 peak FLOP/s of the GPU behind device, for MFU; None elsewhere."""
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 class HFImageGPT2(nn.Module):

@@ -261,13 +261,27 @@ def setup(c):
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     if rank > 0:
         sys.stdout = open(os.devnull, 'w')
-    name = ('bfloat16' if device.type == 'cuda' else 'float32') if c.dtype == 'auto' else c.dtype
-    if name == 'bfloat16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-        name = 'float16'  # GPUs before Ampere
-    dtype = getattr(torch, name)
+    dtype = autocast_dtype(c.dtype, device)
+    name = str(dtype).removeprefix('torch.')
     print(f"device {device}, {name}, {world} process{'es' * (world > 1)}")
     ctx = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return SimpleNamespace(rank=rank, world=world, device=device, dtype=dtype, ctx=ctx)
+
+
+def autocast_dtype(name, device, on_cuda='bfloat16'):
+    """--dtype -> a torch dtype: 'auto' is on_cuda on CUDA, float32 elsewhere (the same numbers on
+    every CPU); bfloat16 becomes float16 on GPUs before Ampere."""
+    if name == 'auto':
+        name = on_cuda if device.type == 'cuda' else 'float32'
+    if name == 'bfloat16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        name = 'float16'
+    return getattr(torch, name)
+
+
+def peak_flops(device):
+    """The dense bf16 peak FLOP/s of the GPU behind device (H100, H200, A100), for MFU; or None."""
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 def open_run(c, given, env):
@@ -454,7 +468,8 @@ def catch_signals():
 def begin(c, env, raw, resumed, opt, scaler, total, per_epoch, warmup):
     """The run's state (a resumed run's step, metrics, optimizer); says what the run will cost."""
     r = SimpleNamespace(c=c, env=env, total=total, per_epoch=per_epoch, it=0, history=[],
-                        elapsed=0.0, vote=None, flops=raw.flops_per_image(), peak=None)
+                        elapsed=0.0, vote=None, flops=raw.flops_per_image(),
+                        peak=peak_flops(env.device))
     if resumed:
         opt.load_state_dict(resumed['optimizer'])
         if resumed['scaler']:  # empty unless the run trained in float16
@@ -463,9 +478,6 @@ def begin(c, env, raw, resumed, opt, scaler, total, per_epoch, warmup):
         if lr_at(r.it - 1, c, warmup, total) != r.history[-1]['lr']:  # --max_iters, --epochs
             print(f"the schedule now ends at step {total}: the learning rate goes from the run's "
                   f"{r.history[-1]['lr']:.2e} (step {r.it}) to {lr_at(r.it, c, warmup, total):.2e}")
-    if env.device.type == 'cuda':
-        name = torch.cuda.get_device_name(env.device)
-        r.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     r.eval_every = c.eval_interval or max(1, round(per_epoch))
     r.since_log, r.since_eval = torch.zeros(3, device=env.device), torch.zeros(3, device=env.device)
     r.images = c.batch_size * c.grad_accum * env.world
